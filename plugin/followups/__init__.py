@@ -1,0 +1,67 @@
+"""followups: deliver background subagent results to an agent loop as bounded
+``<system-reminder>`` messages.
+
+Data path: a subagent's result goes to :class:`BackgroundStore` (large outputs relayed to
+files by :class:`OutputRelay`, long errors capped), which keeps the record and queues one
+notification; at the loop's next boundary a hook (:class:`FollowupPlugin`) drains the queue
+and :class:`ReminderRenderer` renders one user-role reminder from Jinja templates.
+"""
+
+from __future__ import annotations
+
+from .errors import CapacityExceeded, FollowupsError, TemplateError
+from .hooks import (
+    FollowupHook,
+    FollowupPlugin,
+    HookRegistry,
+    UserMessage,
+    followup_from_store,
+    prepend_pending_notifications,
+    take_reminder,
+)
+from .relay import OutputRelay, RelayOutcome
+from .reminders import RenderedReminder, ReminderRenderer, default_template_dir
+from .settings import FollowupSettings, default_relay_dir
+from .state import (
+    BackgroundTask,
+    LifecycleEvent,
+    TaskFinished,
+    TaskNotification,
+    TaskStarted,
+    TaskState,
+    TaskStatus,
+)
+from .store import DEFAULT_CANCEL_REASON, BackgroundStore
+from .truncation import head_cap
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "DEFAULT_CANCEL_REASON",
+    "BackgroundStore",
+    "BackgroundTask",
+    "CapacityExceeded",
+    "FollowupHook",
+    "FollowupPlugin",
+    "FollowupSettings",
+    "FollowupsError",
+    "HookRegistry",
+    "LifecycleEvent",
+    "OutputRelay",
+    "RelayOutcome",
+    "RenderedReminder",
+    "ReminderRenderer",
+    "TaskFinished",
+    "TaskNotification",
+    "TaskStarted",
+    "TaskState",
+    "TaskStatus",
+    "TemplateError",
+    "UserMessage",
+    "default_relay_dir",
+    "default_template_dir",
+    "followup_from_store",
+    "head_cap",
+    "prepend_pending_notifications",
+    "take_reminder",
+]

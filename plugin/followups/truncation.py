@@ -1,0 +1,174 @@
+"""Bounding text: ``head_cap`` for errors, and the head/tail preview of a relayed output.
+
+Both are pure functions over ``str``. The preview never copies more of a huge input than it
+can show, so a 5 MB single line costs a bounded slice, not a split of the whole text.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+__all__ = ["Preview", "build_preview", "count_lines", "cut_to_bytes", "head_cap"]
+
+# A cut line keeps at least this many bytes before lines are dropped from the preview instead.
+_MIN_LINE_BYTES = 32
+
+
+def head_cap(text: str, limit: int, what: str) -> str:
+    """Keep the first ``limit`` characters of ``text`` and append a marker saying what was cut.
+
+    Text within the limit comes back unchanged. Otherwise the result is the head followed by
+    ``…[<what> truncated: dropped N of M characters]``.
+    """
+    if not isinstance(limit, int) or isinstance(limit, bool) or limit < 0:
+        raise ValueError(f"head_cap limit must be a non-negative int, got {limit!r}")
+    if len(text) <= limit:
+        return text
+    return f"{text[:limit]}…[{what} truncated: dropped {len(text) - limit} of {len(text)} characters]"
+
+
+def count_lines(text: str) -> int:
+    """Lines in ``text``: a final line without a newline counts, an empty text has none."""
+    if not text:
+        return 0
+    return text.count("\n") + (0 if text.endswith("\n") else 1)
+
+
+def cut_to_bytes(text: str, max_bytes: int) -> str:
+    """The longest prefix of ``text`` whose UTF-8 encoding fits in ``max_bytes``.
+
+    Never splits a character. Only ``max_bytes`` characters are ever encoded, however long
+    ``text`` is.
+    """
+    head = text[:max_bytes].encode("utf-8", "replace")
+    if len(head) <= max_bytes:
+        return text[:max_bytes]
+    return head[:max_bytes].decode("utf-8", "ignore")
+
+
+@dataclass(frozen=True, slots=True)
+class _Line:
+    text: str  # possibly already cut to the budget
+    chars: int  # the full line's length in characters
+    encoded_bytes: int  # UTF-8 size of ``text``
+
+
+@dataclass(frozen=True, slots=True)
+class Preview:
+    """A bounded view of a long text: its first and last lines around an elision marker."""
+
+    text: str
+    total_lines: int
+    elided_lines: int
+
+
+def build_preview(text: str, *, head_lines: int, tail_lines: int, max_bytes: int) -> Preview:
+    """The first ``head_lines`` and last ``tail_lines`` lines of ``text``, with a marker that
+    counts the lines left out, in at most ``max_bytes`` UTF-8 bytes.
+
+    Long lines are cut (each keeps a fair share of the budget and a ``…[+N chars]`` marker);
+    if even short cuts do not fit, lines nearest the marker are dropped and counted as elided.
+    """
+    if max_bytes < 0:
+        raise ValueError(f"max_bytes must be non-negative, got {max_bytes}")
+    total = count_lines(text)
+    if total <= head_lines + tail_lines:
+        head, tail = _first_lines(text, total, max_bytes), []
+    else:
+        head = _first_lines(text, head_lines, max_bytes)
+        tail = _last_lines(text, tail_lines, max_bytes)
+    elided = total - len(head) - len(tail)
+    while True:
+        fitted = _fit_lines(head, tail, elided, max_bytes)
+        if fitted is not None:
+            return Preview(fitted, total, elided)
+        if not head and not tail:
+            return Preview(cut_to_bytes(_elision_marker(elided), max_bytes), total, elided)
+        # Drop the line nearest the marker, alternating sides so head and tail stay balanced.
+        if len(head) >= len(tail):
+            head.pop()
+        else:
+            tail.pop(0)
+        elided += 1
+
+
+def _first_lines(text: str, count: int, max_chars: int) -> list[_Line]:
+    lines: list[_Line] = []
+    start = 0
+    for _ in range(count):
+        end = text.find("\n", start)
+        if end == -1:
+            end = len(text)
+        lines.append(_make_line(text, start, end, max_chars))
+        start = end + 1
+        if start >= len(text):
+            break
+    return lines
+
+
+def _last_lines(text: str, count: int, max_chars: int) -> list[_Line]:
+    lines: list[_Line] = []
+    end = len(text) - 1 if text.endswith("\n") else len(text)
+    for _ in range(count):
+        start = text.rfind("\n", 0, end) + 1
+        lines.append(_make_line(text, start, end, max_chars))
+        end = start - 1
+        if end < 0:
+            break
+    lines.reverse()
+    return lines
+
+
+def _make_line(text: str, start: int, end: int, max_chars: int) -> _Line:
+    shown = text[start : min(end, start + max_chars)]
+    return _Line(shown, end - start, len(shown.encode("utf-8", "replace")))
+
+
+def _cut_marker(dropped_chars: int) -> str:
+    return f" …[+{dropped_chars} chars]"
+
+
+def _elision_marker(elided: int) -> str:
+    return f"[… {elided} lines elided …]"
+
+
+def _render_line(line: _Line, cap: int) -> str:
+    if line.encoded_bytes <= cap and len(line.text) == line.chars:
+        return line.text
+    kept = cut_to_bytes(line.text, cap)
+    return kept + _cut_marker(line.chars - len(kept))
+
+
+def _line_cost(line: _Line, cap: int) -> int:
+    """An upper bound on the bytes ``_render_line(line, cap)`` produces."""
+    if line.encoded_bytes <= cap and len(line.text) == line.chars:
+        return line.encoded_bytes
+    return cap + len(_cut_marker(line.chars).encode())
+
+
+def _fit_lines(head: list[_Line], tail: list[_Line], elided: int, max_bytes: int) -> str | None:
+    lines = head + tail
+    marker_bytes = len(_elision_marker(elided).encode()) if elided else 0
+    newlines = max(len(lines) + (1 if elided else 0) - 1, 0)
+    budget = max_bytes - marker_bytes - newlines
+    if budget < 0:
+        return None
+    widest = max((line.encoded_bytes for line in lines), default=0)
+    if sum(_line_cost(line, widest) for line in lines) <= budget:
+        cap = widest
+    elif sum(_line_cost(line, _MIN_LINE_BYTES) for line in lines) > budget:
+        return None
+    else:
+        low, high = _MIN_LINE_BYTES, widest
+        while low < high:
+            middle = (low + high + 1) // 2
+            if sum(_line_cost(line, middle) for line in lines) <= budget:
+                low = middle
+            else:
+                high = middle - 1
+        cap = low
+    parts = [_render_line(line, cap) for line in head]
+    if elided:
+        parts.append(_elision_marker(elided))
+    parts.extend(_render_line(line, cap) for line in tail)
+    return "\n".join(parts)
