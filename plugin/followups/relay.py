@@ -26,6 +26,7 @@ _RELAYED_FILE = re.compile(r"^[A-Za-z0-9_-]+-\d{8}T\d{6}-[0-9a-f]{16}\.txt$")
 _TEMP_PREFIX = ".tmp-relay-"
 _MAX_LABEL_CHARS = 64
 _MAX_SWEEP_INTERVAL_SECONDS = 60.0
+_MIN_PREVIEW_BYTES = 256
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,6 +54,9 @@ class OutputRelay:
 
     :meth:`relay_if_large` never raises: when the file cannot be written it returns a
     head-capped text that says the output could not be saved, and why.
+
+    Raises ``ValueError`` at construction if ``relay_inline_max_bytes`` cannot hold the footer
+    (which names a file in ``relay_dir``) and a minimal preview.
     """
 
     def __init__(self, settings: FollowupSettings | None = None, *, renderer: ReminderRenderer | None = None):
@@ -60,6 +64,7 @@ class OutputRelay:
         self.renderer = renderer or ReminderRenderer(self.settings.template_dir)
         self._sweep_lock = threading.Lock()
         self._next_sweep = 0.0
+        self._check_footer_fits()
 
     def relay_if_large(self, label: str, text: str) -> RelayOutcome:
         """Return ``text`` unchanged if it is within both inline limits (bytes and lines);
@@ -89,11 +94,21 @@ class OutputRelay:
         footer = self.renderer.render_relay_footer(path=path, lines=lines, size_bytes=len(data))
         return RelayOutcome(self._with_footer(text, footer), path)
 
+    def _check_footer_fits(self) -> None:
+        """Refuse settings whose footer (with the longest file name) leaves no room for a preview."""
+        longest = self.settings.relay_dir / f"{'x' * _MAX_LABEL_CHARS}-20000101T000000-{'0' * 16}.txt"
+        footer = self.renderer.render_relay_footer(path=longest, lines=10**9, size_bytes=10**12)
+        room = self.settings.relay_inline_max_bytes - len(footer.encode("utf-8", "replace"))
+        if room < _MIN_PREVIEW_BYTES:
+            raise ValueError(
+                f"relay_inline_max_bytes ({self.settings.relay_inline_max_bytes}) leaves {room} bytes "
+                f"for the preview once the relay footer naming a file in relay_dir is added; "
+                f"raise relay_inline_max_bytes or choose a shorter relay_dir"
+            )
+
     def _with_footer(self, text: str, footer: str) -> str:
         settings = self.settings
         budget = settings.relay_inline_max_bytes - len(footer.encode("utf-8", "replace")) - 1
-        if budget <= 0:
-            return footer
         preview = build_preview(
             text,
             head_lines=settings.relay_head_lines,

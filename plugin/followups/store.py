@@ -47,7 +47,7 @@ UISink = Callable[[LifecycleEvent], object] | Any
 
 
 class _Record:
-    __slots__ = ("description", "generation", "handle", "queued", "sealed", "state")
+    __slots__ = ("description", "generation", "handle", "queued", "report", "sealed", "state")
 
     def __init__(self, description: str, queued: bool, generation: int) -> None:
         self.state = TaskState.running()
@@ -56,6 +56,7 @@ class _Record:
         self.generation = generation
         self.handle: Cancellable | None = None
         self.sealed = False  # finished by cancel_all: late notifies are ignored
+        self.report: tuple[TaskStatus, int] | None = None  # identifies the last state notified
 
 
 class BackgroundStore:
@@ -159,8 +160,13 @@ class BackgroundStore:
     def notify(self, id: str, state: TaskState) -> bool:
         """Record task ``id``'s final ``state`` and queue its notification.
 
-        A running state, an unknown or evicted id, and a task that :meth:`cancel_all` finished
-        are no-ops (no queue entry, no event); the return value says whether anything happened.
+        A later notify with a different state updates the task: its pending notification is
+        updated in place, or, if it was already drained, queued again so the change is seen.
+        A notify that repeats the task's last notified state is a no-op, so a duplicate report
+        is never delivered twice. So are a running state, an unknown or evicted id, and a task
+        that :meth:`cancel_all` finished: no queue entry, no event. The return value says
+        whether anything happened.
+
         The text is bounded first (relayed or capped) without holding the lock; if the task is
         evicted or re-inserted meanwhile, the notify is dropped as stale.
         """
@@ -168,16 +174,18 @@ class BackgroundStore:
             raise TypeError(f"state must be a TaskState, got {type(state).__name__}")
         if state.status is TaskStatus.RUNNING:
             return False
+        report = (state.status, hash(state.text))
         with self._lock:
             record = self._records.get(id)
-            if record is None or record.sealed:
+            if record is None or record.sealed or record.report == report:
                 return False
             generation = record.generation
         bounded = self._bound(id, state)
         with self._lock:
             record = self._records.get(id)
-            if record is None or record.generation != generation or record.sealed:
+            if record is None or record.generation != generation or record.sealed or record.report == report:
                 return False
+            record.report = report
             if record.state.is_finished:
                 record.state = bounded
             else:
@@ -248,17 +256,15 @@ class BackgroundStore:
         """Put drained notifications back at the front of the queue, in their order, after a
         delivery failed. Returns how many went back.
 
-        Skipped: notifications cleared by :meth:`cancel_all` since they were drained, and those
-        of tasks that were re-inserted and are running again. If a task was notified again
-        since, its newer state is kept, at the restored place.
+        A drain followed by a restore leaves the queue as if neither had happened, with two
+        exceptions: notifications cleared by :meth:`cancel_all` since they were drained are not
+        restored, and if a task was notified again since, its newer state is kept, at the
+        restored place.
         """
         restored = 0
         with self._lock:
             for notification in reversed(notifications):
                 if 0 < notification.sequence <= self._cleared_through:
-                    continue
-                record = self._records.get(notification.id)
-                if record is not None and not record.state.is_finished:
                     continue
                 if notification.id not in self._pending:
                     self._pending[notification.id] = notification
