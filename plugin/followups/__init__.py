@@ -19,6 +19,7 @@ from .hooks import (
     prepend_pending_notifications,
     take_reminder,
 )
+from .pool import CANCELLED_BY_REQUEST, SESSION_CLOSED, SubagentPool, render_result
 from .relay import OutputRelay, RelayOutcome
 from .reminders import RenderedReminder, ReminderRenderer, default_template_dir
 from .settings import FollowupSettings, default_relay_dir
@@ -37,7 +38,9 @@ from .truncation import head_cap
 __version__ = "0.1.0"
 
 __all__ = [
+    "CANCELLED_BY_REQUEST",
     "DEFAULT_CANCEL_REASON",
+    "SESSION_CLOSED",
     "BackgroundStore",
     "BackgroundTask",
     "CapacityExceeded",
@@ -50,6 +53,7 @@ __all__ = [
     "OutputRelay",
     "RelayOutcome",
     "RenderedReminder",
+    "SubagentPool",
     "ReminderRenderer",
     "TaskFinished",
     "TaskNotification",
@@ -63,5 +67,6 @@ __all__ = [
     "followup_from_store",
     "head_cap",
     "prepend_pending_notifications",
+    "render_result",
     "take_reminder",
 ]

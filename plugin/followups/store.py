@@ -311,6 +311,11 @@ class BackgroundStore:
         with self._lock:
             return self._running
 
+    def live_count(self) -> int:
+        """Tasks not finished yet, running or queued: work whose results are still to come."""
+        with self._lock:
+            return len(self._live)
+
     def __len__(self) -> int:
         with self._lock:
             return len(self._records)
