@@ -1,0 +1,63 @@
+from __future__ import annotations
+
+import io
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from followups.cli import main
+from followups.demo import DemoOptions, run_demo
+
+
+@pytest.mark.parametrize("backend", ["trio", "asyncio"])
+def test_demo_session_shows_every_kind_of_outcome(tmp_path: Path, backend: str) -> None:
+    out = io.StringIO()
+    report = run_demo(DemoOptions(backend=backend, relay_dir=tmp_path), out)
+    transcript = out.getvalue()
+    assert report.refusals == 1
+    assert sorted(report.outcomes.values()) == ["cancelled", "completed", "completed", "completed", "completed", "failed"]
+    assert all(r.startswith("<system-reminder>") and r.endswith("</system-reminder>") for r in report.reminders)
+    assert "task error truncated" in transcript
+    relayed = list(tmp_path.iterdir())
+    assert len(relayed) == 1 and relayed[0].stat().st_size > 1_000_000
+    assert f"saved to {relayed[0]}" in transcript
+    assert "lines elided" in transcript
+    assert "▸ status: running" in transcript
+    assert "Cannot start another background task: 4 of 4" in transcript
+
+
+def test_demo_honours_the_cap_and_count_options(tmp_path: Path) -> None:
+    out = io.StringIO()
+    report = run_demo(DemoOptions(max_concurrent=2, subagents=8, relay_dir=tmp_path), out)
+    assert len(report.outcomes) == 8
+    assert report.refusals == 1
+
+
+def test_demo_command_exits_zero_and_prints_the_reminders(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "followups", "demo", "--relay-dir", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.count("<system-reminder>") >= 3
+    assert "[task " in result.stdout and "] failed: RuntimeError" in result.stdout
+    assert "session over" in result.stdout
+
+
+def test_help_describes_the_options(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as excinfo:
+        main(["demo", "--help"])
+    assert excinfo.value.code == 0
+    help_text = capsys.readouterr().out
+    for option in ("--max-concurrent", "--subagents", "--backend", "--template-dir"):
+        assert option in help_text
+
+
+def test_a_broken_template_dir_fails_with_a_clear_message(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "followup.j2").write_text("{% if %}")
+    assert main(["demo", "--template-dir", str(tmp_path), "--relay-dir", str(tmp_path / "r")]) == 2
+    assert "followup.j2" in capsys.readouterr().err

@@ -1,0 +1,125 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import trio
+import trio.testing
+
+from followups import BackgroundStore, FollowupSettings, SubagentPool
+from followups.tools import CancelTaskArgs, TaskArgs, TaskRequest, TaskStatusArgs, Tool, ToolOutcome, task_tools
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> BackgroundStore:
+    return BackgroundStore(FollowupSettings(relay_dir=tmp_path / "relay", capacity=8, max_concurrent=1))
+
+
+class Subagents:
+    def __init__(self) -> None:
+        self.release = trio.Event()
+
+    async def __call__(self, request: TaskRequest) -> str:
+        if request.description == "big":
+            return "line\n" * 5000
+        await self.release.wait()
+        return f"result of {request.description}"
+
+
+def by_name(tools: list[Tool]) -> dict[str, Tool]:
+    return {tool.name: tool for tool in tools}
+
+
+def call(tool: Tool, **arguments: str) -> ToolOutcome:
+    parsed = tool.parse(arguments)
+    assert not isinstance(parsed, ToolOutcome), parsed
+    outcome = tool.handler(parsed)
+    assert isinstance(outcome, ToolOutcome)
+    return outcome
+
+
+def task_id_of(outcome: ToolOutcome) -> str:
+    return outcome.content.split()[3]
+
+
+async def test_task_acknowledges_with_the_id_and_says_not_to_poll(store: BackgroundStore) -> None:
+    subagents = Subagents()
+    async with SubagentPool(store) as pool:
+        tools = by_name(task_tools(pool, subagents))
+        ack = call(tools["task"], description="index the repo", prompt="go")
+        task_id = task_id_of(ack)
+        assert not ack.is_error
+        assert store.get(task_id) is not None
+        assert "(index the repo)" in ack.content
+        assert "arrive automatically in a <system-reminder>" in ack.content
+        assert "Do not poll" in ack.content
+        subagents.release.set()
+
+
+async def test_task_at_the_cap_returns_the_refusal_as_an_error_result(store: BackgroundStore) -> None:
+    subagents = Subagents()
+    async with SubagentPool(store) as pool:
+        tools = by_name(task_tools(pool, subagents))
+        call(tools["task"], description="one", prompt="p")
+        refusal = call(tools["task"], description="two", prompt="p")
+        assert refusal.is_error
+        assert "1 of 1 subagent slots are in use" in refusal.content
+        assert "Do not retry in a loop" in refusal.content
+        subagents.release.set()
+
+
+async def test_task_status_describes_each_stage(store: BackgroundStore) -> None:
+    subagents = Subagents()
+    async with SubagentPool(store, when_full="queue") as pool:
+        tools = by_name(task_tools(pool, subagents))
+        running = task_id_of(call(tools["task"], description="first", prompt="p"))
+        queued = task_id_of(call(tools["task"], description="second", prompt="p"))
+        await trio.testing.wait_all_tasks_blocked()
+        status = tools["task_status"]
+        assert "is still running" in call(status, task_id=running).content
+        assert "is queued, waiting for a free subagent slot" in call(status, task_id=queued).content
+        subagents.release.set()
+        await trio.testing.wait_all_tasks_blocked()
+        assert call(status, task_id=running).content == f"Task {running} (first) completed:\nresult of first"
+        unknown = call(status, task_id="nope")
+        assert unknown.is_error and "never existed" in unknown.content and "evicted" in unknown.content
+
+
+async def test_task_status_shows_the_relayed_preview_not_the_whole_output(store: BackgroundStore) -> None:
+    async with SubagentPool(store) as pool:
+        tools = by_name(task_tools(pool, Subagents()))
+        big = task_id_of(call(tools["task"], description="big", prompt="p"))
+        await trio.testing.wait_all_tasks_blocked()
+        text = call(tools["task_status"], task_id=big).content
+    assert "lines elided" in text and "`read`" in text
+    assert len(text.encode()) < store.settings.relay_inline_max_bytes + 200
+
+
+async def test_cancel_task_texts(store: BackgroundStore) -> None:
+    subagents = Subagents()
+    async with SubagentPool(store, when_full="queue") as pool:
+        tools = by_name(task_tools(pool, subagents))
+        running = task_id_of(call(tools["task"], description="first", prompt="p"))
+        queued = task_id_of(call(tools["task"], description="second", prompt="p"))
+        await trio.testing.wait_all_tasks_blocked()
+        cancel = tools["cancel_task"]
+        assert call(cancel, task_id=queued).content == f"Task {queued} was cancelled before it started."
+        assert "is being cancelled" in call(cancel, task_id=running).content
+        await trio.testing.wait_all_tasks_blocked()
+        assert "already cancelled; there is nothing to cancel" in call(cancel, task_id=running).content
+        assert call(cancel, task_id="ghost").is_error
+
+
+def test_tool_specs_carry_json_schemas() -> None:
+    assert TaskArgs.model_json_schema()["required"] == ["description", "prompt"]
+    assert TaskStatusArgs.model_json_schema()["required"] == ["task_id"]
+    assert CancelTaskArgs.model_json_schema()["required"] == ["task_id"]
+
+
+async def test_invalid_arguments_name_the_field(store: BackgroundStore) -> None:
+    async with SubagentPool(store) as pool:
+        tools = by_name(task_tools(pool, Subagents()))
+        outcome = tools["task"].parse({"description": ""})
+        assert isinstance(outcome, ToolOutcome) and outcome.is_error
+        assert "description" in outcome.content and "prompt" in outcome.content
+        assert tools["task"].spec()["input_schema"]["properties"].keys() == {"description", "prompt"}
