@@ -154,3 +154,18 @@ def test_plugin_uses_the_store_settings_templates(tmp_path: Path) -> None:
     store = BackgroundStore(FollowupSettings(relay_dir=tmp_path / "relay", template_dir=templates))
     finish(store, "t1")
     assert FollowupPlugin(store).transform_prompt("go") == "[t1] go"
+
+
+def test_a_new_plugin_sees_an_edited_template(tmp_path: Path) -> None:
+    templates = tmp_path / "templates"
+    templates.mkdir()
+    template = templates / "prompt.j2"
+    template.write_text("v1 {{ prompt }}")
+    settings = FollowupSettings(relay_dir=tmp_path / "relay", template_dir=templates)
+    first = BackgroundStore(settings)
+    finish(first, "t1")
+    assert FollowupPlugin(first).transform_prompt("go") == "v1 go"
+    template.write_text("v2 {{ prompt }}")
+    second = BackgroundStore(settings)
+    finish(second, "t1")
+    assert FollowupPlugin(second).transform_prompt("go") == "v2 go"

@@ -490,3 +490,16 @@ def test_outcomes_timeouts_and_cancellation_on_either_backend(tmp_path: Path, ba
         "timeout": "failed: timed out after 0.05 s",
         "cancelled": "cancelled: cancelled by request",
     }
+
+
+async def test_id_factory_names_tasks_and_ids_in_use_are_skipped(tmp_path: Path) -> None:
+    store = make_store(tmp_path)
+    store.insert("job-1")
+    names = iter(["job-1", "job-1", "job-2", "job-3"])
+
+    async def fn() -> str:
+        return "ok"
+
+    async with SubagentPool(store, id_factory=lambda: next(names), close="wait") as pool:
+        assert pool.spawn(fn) == "job-2"
+        assert pool.spawn(fn) == "job-3"

@@ -19,6 +19,18 @@ from .hooks import (
     prepend_pending_notifications,
     take_reminder,
 )
+from .loop import (
+    AgentLoop,
+    AssistantMessage,
+    LoopLimitExceeded,
+    Message,
+    Model,
+    ScriptedModel,
+    ScriptExhausted,
+    ToolCall,
+    ToolResultMessage,
+    tool_call,
+)
 from .pool import CANCELLED_BY_REQUEST, SESSION_CLOSED, SubagentPool, render_result
 from .relay import OutputRelay, RelayOutcome
 from .reminders import RenderedReminder, ReminderRenderer, default_template_dir
@@ -33,11 +45,14 @@ from .state import (
     TaskStatus,
 )
 from .store import DEFAULT_CANCEL_REASON, BackgroundStore
+from .tools import TaskRequest, Tool, ToolOutcome, task_tools
 from .truncation import head_cap
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "AgentLoop",
+    "AssistantMessage",
     "CANCELLED_BY_REQUEST",
     "DEFAULT_CANCEL_REASON",
     "SESSION_CLOSED",
@@ -49,18 +64,28 @@ __all__ = [
     "FollowupSettings",
     "FollowupsError",
     "HookRegistry",
+    "LoopLimitExceeded",
+    "Message",
+    "Model",
     "LifecycleEvent",
     "OutputRelay",
     "RelayOutcome",
     "RenderedReminder",
+    "ScriptExhausted",
+    "ScriptedModel",
     "SubagentPool",
     "ReminderRenderer",
     "TaskFinished",
     "TaskNotification",
+    "TaskRequest",
     "TaskStarted",
     "TaskState",
     "TaskStatus",
     "TemplateError",
+    "Tool",
+    "ToolCall",
+    "ToolOutcome",
+    "ToolResultMessage",
     "UserMessage",
     "default_relay_dir",
     "default_template_dir",
@@ -69,4 +94,6 @@ __all__ = [
     "prepend_pending_notifications",
     "render_result",
     "take_reminder",
+    "task_tools",
+    "tool_call",
 ]

@@ -232,7 +232,10 @@ async def _session(options: DemoOptions, out: TextIO) -> DemoReport:
         f"followups demo: {options.subagents} subagents, at most {options.max_concurrent} at once, "
         f"on {options.backend}; relayed outputs go to {relay_dir}\n"
     )
-    async with SubagentPool(store, max_concurrent=options.max_concurrent) as pool:
+    numbers = itertools.count(1)
+    async with SubagentPool(
+        store, max_concurrent=options.max_concurrent, id_factory=lambda: f"sub{next(numbers)}"
+    ) as pool:
         tools = task_tools(pool, run_subagent)
         model = _ShowingModel(ScriptedModel(itertools.repeat(script)), transcript)
         loop = AgentLoop(model, tools, idle_resume=pool)

@@ -3,9 +3,7 @@ as a follow-up user message after a turn or prepended to the next user prompt.""
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Awaitable, Callable, Sequence
-from pathlib import Path
 from typing import Any, Literal, Protocol
 
 from pydantic import BaseModel, ConfigDict
@@ -44,13 +42,9 @@ class HookRegistry(Protocol):
     def register_hook(self, name: str, hook: Callable[..., Any]) -> None: ...
 
 
-@functools.lru_cache(maxsize=16)
-def _default_renderer(template_dir: Path | None) -> ReminderRenderer:
-    return ReminderRenderer(template_dir)
-
-
 def _renderer_for(store: BackgroundStore, renderer: ReminderRenderer | None) -> ReminderRenderer:
-    return renderer if renderer is not None else _default_renderer(store.settings.template_dir)
+    """The given renderer, else the one the store's relay already compiled for its settings."""
+    return renderer if renderer is not None else store.relay.renderer
 
 
 def take_reminder(

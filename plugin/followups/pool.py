@@ -67,6 +67,9 @@ class SubagentPool:
     Leaving the block cancels subagents still running or queued (``close="cancel"``) or
     waits for them all (``close="wait"``). If the block raises, they are cancelled either way.
 
+    Task ids come from ``id_factory`` (random 8-hex-digit ids by default); a produced id
+    that a store record already has is skipped.
+
     Every method must be called from the event loop thread that entered the pool (tool
     handlers run there); from another thread use ``anyio.from_thread.run_sync``.
     """
@@ -79,6 +82,7 @@ class SubagentPool:
         when_full: Literal["reject", "queue"] = "reject",
         max_queued: int | None = None,
         close: Literal["cancel", "wait"] = "cancel",
+        id_factory: Callable[[], str] | None = None,
     ) -> None:
         capacity = store.settings.capacity
         self.store = store
@@ -100,6 +104,7 @@ class SubagentPool:
             )
         self.when_full = when_full
         self.close = close
+        self._id_factory = id_factory or _random_id
         self._live: dict[str, _Subagent] = {}
         self._queue: collections.deque[_Subagent] = collections.deque()
         self._slots_taken = 0
@@ -300,10 +305,12 @@ class SubagentPool:
         return CapacityExceeded(message, limit=self.max_concurrent, in_flight=in_flight)
 
     def _fresh_id(self) -> str:
-        while True:
-            candidate = secrets.token_hex(4)
+        """A new id from ``id_factory`` that no record in the store has."""
+        for _ in range(1000):
+            candidate = self._id_factory()
             if candidate not in self._live and self.store.get(candidate) is None:
                 return candidate
+        raise RuntimeError("id_factory returned 1000 ids that are already in use")
 
     def _check_thread(self, method: str) -> None:
         if self._loop_thread is not None and threading.get_ident() != self._loop_thread:
@@ -323,6 +330,10 @@ async def _outcome(subagent: _Subagent) -> TaskState:
     if deadline.cancelled_caught:
         return TaskState.failed(f"timed out after {subagent.timeout:g} s")
     raise AssertionError("unreachable: move_on_after exited without a result or a timeout")
+
+
+def _random_id() -> str:
+    return secrets.token_hex(4)
 
 
 def render_result(value: Any) -> str:

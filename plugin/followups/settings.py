@@ -38,30 +38,30 @@ class FollowupSettings(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid", validate_default=True)
 
-    capacity: int = Field(32, ge=1, description="Task records kept before the oldest is evicted.")
-    max_concurrent: int = Field(4, ge=1, description="Subagents that may run at once.")
+    capacity: int = Field(default=32, ge=1, description="Task records kept before the oldest is evicted.")
+    max_concurrent: int = Field(default=4, ge=1, description="Subagents that may run at once.")
     max_error_chars: int = Field(
-        3000, ge=1, description="Error and cancel texts are cut to this many characters."
+        default=3000, ge=1, description="Error and cancel texts are cut to this many characters."
     )
     relay_inline_max_bytes: int = Field(
-        8192,
+        default=8192,
         ge=1024,
         description="Outputs larger than this are relayed to a file; also the preview's byte budget.",
     )
-    relay_max_lines: int = Field(200, ge=1, description="Outputs with more lines are relayed.")
-    relay_head_lines: int = Field(50, ge=0, description="Lines the preview keeps from the start.")
-    relay_tail_lines: int = Field(50, ge=0, description="Lines the preview keeps from the end.")
+    relay_max_lines: int = Field(default=200, ge=1, description="Outputs with more lines are relayed.")
+    relay_head_lines: int = Field(default=50, ge=0, description="Lines the preview keeps from the start.")
+    relay_tail_lines: int = Field(default=50, ge=0, description="Lines the preview keeps from the end.")
     relay_dir: Path = Field(
         default_factory=default_relay_dir, description="Where relayed outputs are written."
     )
     relay_retention_seconds: float = Field(
-        86400, gt=0, description="Relayed files older than this are removed by later relays."
+        default=86400, gt=0, description="Relayed files older than this are removed by later relays."
     )
     template_dir: Path | None = Field(
-        None, description="A directory whose templates override the defaults by name."
+        default=None, description="A directory whose templates override the defaults by name."
     )
     reminder_budget_chars: int = Field(
-        32000, ge=256, description="Most characters one reminder may carry; the rest waits."
+        default=32000, ge=256, description="Most characters one reminder may carry; the rest waits."
     )
 
     @field_validator("relay_dir")

@@ -287,7 +287,9 @@ class BackgroundStore:
         seconds passed first. Returns at once when one is already pending.
 
         Works under trio and asyncio, and is woken by notifies from any thread. Always a
-        checkpoint; cancelling the wait loses nothing (it never drains).
+        checkpoint; cancelling the wait loses nothing (it never drains). Another consumer may
+        drain between this returning and your own drain: a loop that waits for results should
+        wait again while ``live_count()`` is positive and its drain came back empty.
         """
         await anyio.lowlevel.checkpoint()
         with anyio.move_on_after(timeout):
