@@ -18,8 +18,10 @@ Figures (target in brackets):
    Subject: ``BackgroundStore(FollowupSettings(relay_dir=tmp, capacity=N))``; for each of N
    (50,000) pre-built ids, ``insert(id)``, ``notify(id, TaskState.completed("small result"))``
    (one pre-built state object), and ``drain_notifications()`` every 32 tasks and at the end.
-   Floor: a dict of records and a ``collections.deque`` of pending ``(id, state)`` entries,
-   with a set for the one-entry-per-task de-duplication; no lock, no events.
+   Floor: ``BareStore``, the same three calls over a dict of records and a
+   ``collections.deque`` of pending ``(id, state)`` entries, with a set for the
+   one-entry-per-task de-duplication; no lock, no events, no eviction. For reference the line
+   also gives the ratio against the same logical work written inline with no method calls.
 2. ``render`` -- rendering a 32-notification follow-up reminder [subject/floor <= 3x].
    Subject: ``ReminderRenderer().render_followup(notifications)``, 32 notifications with
    ~200-character texts, completed/failed/cancelled in turn. Floor: f-strings building the
@@ -59,6 +61,7 @@ and then one line describing the machine.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import gc
 import importlib.metadata
 import json
@@ -263,37 +266,61 @@ class _FloorRecord:
         self.state = state
 
 
-def _floor_store_work(ids: Sequence[str], state: TaskState) -> None:
-    """The store's logical work with a bare dict, deque and set: no lock, no events."""
-    running = TaskState.running()
-    records: dict[str, _FloorRecord] = {}
-    pending: deque[tuple[str, TaskState]] = deque()
-    pending_ids: set[str] = set()
-    drained: list[tuple[str, TaskState]] = []
+class BareStore:
+    """The floor: the store's three calls over a bare dict and deque, with a set for the
+    one-entry-per-task de-duplication. No lock, no events, no eviction, no relay."""
 
-    def drain() -> None:
-        drained[:] = pending
-        pending.clear()
-        pending_ids.clear()
+    __slots__ = ("pending", "pending_ids", "records")
 
-    for count, id in enumerate(ids, 1):
-        records[id] = _FloorRecord(running)
-        records[id].state = state
-        if id not in pending_ids:
-            pending_ids.add(id)
-            pending.append((id, state))
-        if count % DRAIN_EVERY == 0:
-            drain()
-    drain()
+    def __init__(self) -> None:
+        self.records: dict[str, _FloorRecord] = {}
+        self.pending: deque[tuple[str, TaskState]] = deque()
+        self.pending_ids: set[str] = set()
+
+    def insert(self, id: str) -> None:
+        self.records[id] = _FloorRecord(_RUNNING)
+
+    def notify(self, id: str, state: TaskState) -> None:
+        self.records[id].state = state
+        if id not in self.pending_ids:
+            self.pending_ids.add(id)
+            self.pending.append((id, state))
+
+    def drain_notifications(self) -> list[tuple[str, TaskState]]:
+        drained = list(self.pending)
+        self.pending.clear()
+        self.pending_ids.clear()
+        return drained
 
 
-def _subject_store_work(store: BackgroundStore, ids: Sequence[str], state: TaskState) -> None:
+_RUNNING = TaskState.running()
+
+
+def _store_work(store: BackgroundStore | BareStore, ids: Sequence[str], state: TaskState) -> None:
+    """The measured work, identical for floor and subject: insert, notify, drain every 32."""
     for count, id in enumerate(ids, 1):
         store.insert(id)
         store.notify(id, state)
         if count % DRAIN_EVERY == 0:
             store.drain_notifications()
     store.drain_notifications()
+
+
+def _inline_store_work(ids: Sequence[str], state: TaskState) -> None:
+    """The same logical work written inline, without even method calls (for reference)."""
+    records: dict[str, _FloorRecord] = {}
+    pending: deque[tuple[str, TaskState]] = deque()
+    pending_ids: set[str] = set()
+    for count, id in enumerate(ids, 1):
+        records[id] = _FloorRecord(_RUNNING)
+        records[id].state = state
+        if id not in pending_ids:
+            pending_ids.add(id)
+            pending.append((id, state))
+        if count % DRAIN_EVERY == 0:
+            list(pending)
+            pending.clear()
+            pending_ids.clear()
 
 
 def bench_store(sizes: Sizes, workdir: Path) -> Figure:
@@ -303,14 +330,25 @@ def bench_store(sizes: Sizes, workdir: Path) -> Figure:
     settings = FollowupSettings(relay_dir=workdir / "store-relay", capacity=tasks)
 
     def floor() -> Trial:
-        return Trial(lambda: _floor_store_work(ids, state))
+        bare = BareStore()
+        return Trial(lambda: _store_work(bare, ids, state))
 
     def subject() -> Trial:
         store = BackgroundStore(settings)
-        return Trial(lambda: _subject_store_work(store, ids, state))
+        return Trial(lambda: _store_work(store, ids, state))
+
+    def inline() -> Trial:
+        return Trial(lambda: _inline_store_work(ids, state))
 
     timing = interleaved(floor, subject, sizes.rounds)
-    return ratio_figure("store", timing, tasks, "us/task", 1e6, 2.0)
+    reference = interleaved(inline, subject, sizes.rounds)
+    figure = ratio_figure("store", timing, tasks, "us/task", 1e6, 2.0)
+    inline_us = reference.floor_median / tasks * 1e6
+    return dataclasses.replace(
+        figure,
+        measured=f"{figure.measured}  (vs the same work inlined, no calls: {inline_us:.3f} us, "
+        f"{reference.slowdown:.2f}x)",
+    )
 
 
 # -- figure 2: render --------------------------------------------------------------------------
@@ -547,7 +585,9 @@ BENCHMARKS: tuple[Callable[[Sizes, Path], Figure], ...] = (
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        description="Speed (as ratios against in-script floors) and memory benchmarks for followups."
+    )
     parser.add_argument("--quick", action="store_true", help="smaller sizes, for a smoke run")
     parser.add_argument("--check", action="store_true", help="exit with status 1 if a target is missed")
     parser.add_argument("--memory-child", metavar="TMPDIR", help=argparse.SUPPRESS)

@@ -415,3 +415,16 @@ def test_a_repeated_large_report_is_not_relayed_again(store: BackgroundStore, re
     complete(store, "t1", big)
     complete(store, "t1", big)
     assert len(list(relay_dir.iterdir())) == 1
+
+
+async def test_a_closed_ui_channel_is_not_reported_as_a_failure(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    send, receive = trio.open_memory_channel[object](math.inf)
+    store = small_store(tmp_path, capacity=4, ui_sink=send)
+    await receive.aclose()
+    store.insert("t1")
+    with caplog.at_level(logging.DEBUG, logger="followups"):
+        complete(store, "t1")
+    assert [record.levelno for record in caplog.records] == [logging.DEBUG]
+    assert store.pending_count() == 1

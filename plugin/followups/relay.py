@@ -27,6 +27,7 @@ _TEMP_PREFIX = ".tmp-relay-"
 _MAX_LABEL_CHARS = 64
 _MAX_SWEEP_INTERVAL_SECONDS = 60.0
 _MIN_PREVIEW_BYTES = 256
+_OVERLAP_BYTES = 1 << 20  # below this, a thread costs more than the overlap saves
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,6 +65,7 @@ class OutputRelay:
         self.renderer = renderer or ReminderRenderer(self.settings.template_dir)
         self._sweep_lock = threading.Lock()
         self._next_sweep = 0.0
+        self._directory: Path | None = None
         self._check_footer_fits()
 
     def relay_if_large(self, label: str, text: str) -> RelayOutcome:
@@ -77,22 +79,18 @@ class OutputRelay:
         """
         settings = self.settings
         limit = settings.relay_inline_max_bytes
-        lines = count_lines(text)
-        if lines <= settings.relay_max_lines and len(text) <= limit:
-            if len(text) * 4 <= limit:
+        lines = count_lines(text) if len(text) <= limit else None
+        if lines is not None and lines <= settings.relay_max_lines:
+            if len(text) * 4 <= limit or len(text.encode("utf-8", "replace")) <= limit:
                 return RelayOutcome(text)
-            data = text.encode("utf-8", "replace")
-            if len(data) <= limit:
-                return RelayOutcome(text)
-        else:
-            data = text.encode("utf-8", "replace")
+        data = text.encode("utf-8", "replace")
         try:
-            path = self._write(label, data)
+            path, lines = self._write(label, data, text if lines is None else None, lines)
         except Exception as exc:
             logger.warning("could not relay %d bytes of %r output to a file: %s", len(data), label, exc)
-            return self._unsaved(text, lines, len(data), exc)
+            return self._unsaved(text, count_lines(text) if lines is None else lines, len(data), exc)
         footer = self.renderer.render_relay_footer(path=path, lines=lines, size_bytes=len(data))
-        return RelayOutcome(self._with_footer(text, footer), path)
+        return RelayOutcome(self._with_footer(text, footer, lines), path)
 
     def _check_footer_fits(self) -> None:
         """Refuse settings whose footer (with the longest file name) leaves no room for a preview."""
@@ -106,7 +104,7 @@ class OutputRelay:
                 f"raise relay_inline_max_bytes or choose a shorter relay_dir"
             )
 
-    def _with_footer(self, text: str, footer: str) -> str:
+    def _with_footer(self, text: str, footer: str, lines: int) -> str:
         settings = self.settings
         budget = settings.relay_inline_max_bytes - len(footer.encode("utf-8", "replace")) - 1
         preview = build_preview(
@@ -114,6 +112,7 @@ class OutputRelay:
             head_lines=settings.relay_head_lines,
             tail_lines=settings.relay_tail_lines,
             max_bytes=budget,
+            total_lines=lines,
         )
         return f"{preview.text}\n{footer}"
 
@@ -125,16 +124,35 @@ class OutputRelay:
         head = head_cap(text, len(cut_to_bytes(text, max(budget, 0))), "output")
         return RelayOutcome(f"{head}\n{notice}", None, reason)
 
-    def _write(self, label: str, data: bytes) -> Path:
-        directory = self._prepare_directory()
+    def _write(self, label: str, data: bytes, text: str | None, lines: int | None) -> tuple[Path, int]:
+        """Save ``data`` to a new file; returns its path and the line count (counted from
+        ``text`` while the file is written, when ``lines`` is not known yet)."""
+        try:
+            return self._write_in(self._prepared_directory(), label, data, text, lines)
+        except FileNotFoundError:
+            self._directory = None  # removed since it was prepared: prepare it again, once
+            return self._write_in(self._prepared_directory(), label, data, text, lines)
+
+    def _write_in(
+        self, directory: Path, label: str, data: bytes, text: str | None, lines: int | None
+    ) -> tuple[Path, int]:
         self._sweep_if_due(directory)
         final = directory / f"{_safe_label(label)}-{time.strftime('%Y%m%dT%H%M%S')}-{secrets.token_hex(8)}.txt"
         if final.parent != directory:
             raise ValueError(f"relay file name escapes the relay directory: {final}")
         fd, temporary = tempfile.mkstemp(prefix=_TEMP_PREFIX, suffix=".txt", dir=directory)
         try:
-            with os.fdopen(fd, "wb") as handle:
-                handle.write(data)
+            try:
+                if lines is None and len(data) >= _OVERLAP_BYTES:
+                    writer = _BackgroundWrite(fd, data)
+                    try:
+                        lines = count_lines(text or "")
+                    finally:
+                        writer.join()
+                else:
+                    _write_all(fd, data)
+            finally:
+                os.close(fd)
             os.replace(temporary, final)
         except BaseException:
             try:
@@ -142,7 +160,14 @@ class OutputRelay:
             except OSError:
                 pass  # it was never created or is already gone; the original error matters
             raise
-        return final
+        return final, count_lines(text or "") if lines is None else lines
+
+    def _prepared_directory(self) -> Path:
+        """The relay directory, created and checked on first use (and after it vanished)."""
+        directory = self._directory
+        if directory is None:
+            directory = self._directory = self._prepare_directory()
+        return directory
 
     def _prepare_directory(self) -> Path:
         directory = self.settings.relay_dir
@@ -171,6 +196,41 @@ class OutputRelay:
                         os.unlink(entry.path)
                 except OSError as exc:
                     logger.debug("could not remove expired relay file %s: %s", entry.path, exc)
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
+
+
+class _BackgroundWrite:
+    """Writes a buffer to a file descriptor on a worker thread.
+
+    The worker holds the GIL only to enter the ``write`` system call, so the calling thread
+    can run GIL-bound work (counting lines) meanwhile: on two cores the two overlap instead of
+    adding up. The constructor returns once the worker is about to write; :meth:`join` waits
+    for the write and re-raises its error.
+    """
+
+    def __init__(self, fd: int, data: bytes) -> None:
+        self._error: BaseException | None = None
+        self._writing = threading.Event()
+        self._thread = threading.Thread(target=self._run, args=(fd, data), name="followups-relay-write")
+        self._thread.start()
+        self._writing.wait()
+
+    def _run(self, fd: int, data: bytes) -> None:
+        self._writing.set()
+        try:
+            _write_all(fd, data)
+        except BaseException as exc:
+            self._error = exc
+
+    def join(self) -> None:
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
 
 
 def _safe_label(label: str) -> str:

@@ -7,12 +7,12 @@ import re
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import NamedTuple
 
 import jinja2
 
 from .errors import TemplateError
-from .state import TaskNotification, TaskState
+from .state import TaskNotification, TaskState, TaskStatus
 
 __all__ = ["TEMPLATE_NAMES", "RenderedReminder", "ReminderItem", "ReminderRenderer", "default_template_dir"]
 
@@ -40,18 +40,16 @@ def default_template_dir() -> Path:
     return package_dir.parent.parent / "templates"
 
 
-class _Trusted(str):
-    """A value the caller vouches for (the user's own prompt): rendered as is."""
-
-
-@dataclass(frozen=True, slots=True)
-class ReminderItem:
+class ReminderItem(NamedTuple):
     """What a reminder template sees of one notification: ``id``, ``status`` and ``text``,
     each already neutralized."""
 
     id: str
     status: str
     text: str
+
+
+_STATUS_TEXT = {status: status.value for status in TaskStatus}
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,8 +71,9 @@ class ReminderRenderer:
 
     Task ids and texts are untrusted. Before any template sees them, every opening or closing
     tag named ``system-reminder``, or named like a tag that appears literally in the loaded
-    templates, has its ``<`` replaced by ``&lt;``; whatever a template prints goes through the
-    same filter. So no task output can close the reminder block and put text outside it.
+    templates, has its ``<`` replaced by ``&lt;``. Templates only ever receive these
+    neutralized strings, so no task output can close the reminder block and put text outside
+    it, whatever a template does with them short of deliberately undoing the replacement.
 
     Rendering is pure and holds no lock: one renderer may be shared by any threads and tasks.
     """
@@ -95,7 +94,6 @@ class ReminderRenderer:
             trim_blocks=True,
             lstrip_blocks=True,
             keep_trailing_newline=False,
-            finalize=self._finalize,
         )
         names = set(TEMPLATE_NAMES)
         if template_dir is not None:
@@ -122,7 +120,7 @@ class ReminderRenderer:
         """``prompt`` with the reminder for ``notifications`` prepended. The prompt is the user's
         own text and is kept verbatim."""
         return self._templates[PROMPT_TEMPLATE].render(
-            tasks=self._items(notifications), prompt=_Trusted(prompt), remaining=remaining
+            tasks=self._items(notifications), prompt=prompt, remaining=remaining
         )
 
     def fit_followup(
@@ -156,16 +154,19 @@ class ReminderRenderer:
         )
 
     def _items(self, notifications: Iterable[TaskNotification]) -> list[ReminderItem]:
-        neutralize = self.neutralize
-        return [
-            ReminderItem(neutralize(n.id), n.state.status.value, neutralize(n.state.text))
-            for n in notifications
-        ]
-
-    def _finalize(self, value: Any) -> str:
-        if isinstance(value, _Trusted):
-            return str.__str__(value)
-        return self.neutralize(value if isinstance(value, str) else str(value))
+        neutralize = self._tag_pattern.sub
+        items = []
+        for notification in notifications:
+            id, state = notification.id, notification.state
+            text = state.text
+            items.append(
+                ReminderItem(
+                    id if "<" not in id else neutralize("&lt;", id),
+                    _STATUS_TEXT[state.status],
+                    text if "<" not in text else neutralize("&lt;", text),
+                )
+            )
+        return items
 
     def _compile(self, name: str) -> jinja2.Template:
         try:

@@ -97,6 +97,22 @@ class TaskNotification:
     sequence: int = field(default=0, compare=False)
 
 
+_new_object = object.__new__
+_set_notification_id = TaskNotification.id.__set__  # type: ignore[attr-defined]
+_set_notification_state = TaskNotification.state.__set__  # type: ignore[attr-defined]
+_set_notification_sequence = TaskNotification.sequence.__set__  # type: ignore[attr-defined]
+
+
+def make_notification(id: str, state: TaskState, sequence: int) -> TaskNotification:
+    """``TaskNotification(id, state, sequence)`` without the frozen dataclass's per-field
+    ``object.__setattr__`` calls: the store builds one per finished task, on its hot path."""
+    notification = _new_object(TaskNotification)
+    _set_notification_id(notification, id)
+    _set_notification_state(notification, state)
+    _set_notification_sequence(notification, sequence)
+    return notification
+
+
 @dataclass(frozen=True, slots=True)
 class TaskStarted:
     """A task began to run (after any wait for a concurrency slot)."""

@@ -12,6 +12,7 @@ from typing import Any, Protocol
 
 import anyio
 import anyio.lowlevel
+import trio
 
 from .relay import OutputRelay
 from .settings import FollowupSettings
@@ -23,6 +24,7 @@ from .state import (
     TaskStarted,
     TaskState,
     TaskStatus,
+    make_notification,
 )
 from .truncation import head_cap
 from .wakeup import LoopWaiter
@@ -93,6 +95,10 @@ class BackgroundStore:
         self.settings = settings or FollowupSettings()
         self.relay = relay or OutputRelay(self.settings)
         self._emit_to_sink = _sink_caller(ui_sink)
+        # Within these, a completed text is inline whatever its encoding (UTF-8 <= 4 bytes a char).
+        self._quick_inline_chars = self.settings.relay_inline_max_bytes // 4
+        self._quick_max_lines = self.settings.relay_max_lines
+        self._max_error_chars = self.settings.max_error_chars
         self._lock = threading.Lock()
         self._records: dict[str, _Record] = {}
         self._live: OrderedDict[str, None] = OrderedDict()  # by insertion
@@ -116,25 +122,24 @@ class BackgroundStore:
         Raises ``ValueError`` for an id that is empty, longer than 256 characters or holds
         control characters.
         """
-        _check_task_id(id)
-        to_cancel: list[Cancellable] = []
+        if type(id) is not str or not 0 < len(id) <= MAX_TASK_ID_CHARS or not id.isprintable():
+            _reject_task_id(id)
         with self._lock:
             self._generation += 1
             record = self._records.get(id)
             if record is not None:
                 self._forget_order(id, record)
-                if record.handle is not None:
-                    to_cancel.append(record.handle)
+                to_cancel = record.handle
             elif len(self._records) >= self.settings.capacity:
-                evicted = self._evict_one()
-                if evicted is not None:
-                    to_cancel.append(evicted)
-            record = _Record(description, queued, self._generation)
-            self._records[id] = record
+                to_cancel = self._evict_one()
+            else:
+                to_cancel = None
+            self._records[id] = _Record(description, queued, self._generation)
             self._live[id] = None
             if not queued:
                 self._running += 1
-        _cancel_handles(to_cancel)
+        if to_cancel is not None:
+            _cancel_handles([to_cancel])
 
     def get(self, id: str) -> BackgroundTask | None:
         """A snapshot of task ``id``, or None if it is unknown or was evicted. Read-only."""
@@ -170,36 +175,51 @@ class BackgroundStore:
         The text is bounded first (relayed or capped) without holding the lock; if the task is
         evicted or re-inserted meanwhile, the notify is dropped as stale.
         """
-        if not isinstance(state, TaskState):
+        if type(state) is not TaskState:
             raise TypeError(f"state must be a TaskState, got {type(state).__name__}")
-        if state.status is TaskStatus.RUNNING:
+        status = state.status
+        if status is TaskStatus.RUNNING:
             return False
-        report = (state.status, hash(state.text))
+        text = state.text
+        report = (status, hash(text))
+        # A quick, conservative test that bounding cannot change the text (UTF-8 needs at most
+        # 4 bytes a character); when it fails, the relay or the cap decides exactly.
+        if (
+            len(text) > self._quick_inline_chars or text.count("\n") >= self._quick_max_lines
+            if status is TaskStatus.COMPLETED
+            else len(text) > self._max_error_chars
+        ):
+            with self._lock:
+                record = self._records.get(id)
+                if record is None or record.sealed or record.report == report:
+                    return False
+                generation = record.generation
+            state = self._bound(id, state)
+        else:
+            generation = None
         with self._lock:
             record = self._records.get(id)
             if record is None or record.sealed or record.report == report:
                 return False
-            generation = record.generation
-        bounded = self._bound(id, state)
-        with self._lock:
-            record = self._records.get(id)
-            if record is None or record.generation != generation or record.sealed or record.report == report:
-                return False
+            if generation is not None and record.generation != generation:
+                return False  # re-inserted while the text was being bounded: a stale report
             record.report = report
-            if record.state.is_finished:
-                record.state = bounded
+            if record.state.status is TaskStatus.RUNNING:
+                self._finish(id, record, state)
             else:
-                self._finish(id, record, bounded)
+                record.state = state
             queued = self._pending.get(id)
             if queued is None:
                 self._sequence += 1
-                notification = TaskNotification(id, bounded, self._sequence)
+                notification = make_notification(id, state, self._sequence)
             else:
-                notification = TaskNotification(id, bounded, queued.sequence)
+                notification = make_notification(id, state, queued.sequence)
             self._pending[id] = notification
-            waiters = self._take_waiters()
-        self._emit(TaskFinished(notification))
-        _wake(waiters)
+            waiters = self._take_waiters() if self._waiters else None
+        if self._emit_to_sink is not None:
+            self._emit(TaskFinished(notification))
+        if waiters:
+            _wake(waiters)
         return True
 
     def attach_handle(self, id: str, handle: Cancellable) -> None:
@@ -385,19 +405,18 @@ class BackgroundStore:
             return
         try:
             self._emit_to_sink(event)
-        except (anyio.ClosedResourceError, anyio.BrokenResourceError):
+        except (anyio.ClosedResourceError, anyio.BrokenResourceError, trio.ClosedResourceError, trio.BrokenResourceError):
             logger.debug("UI sink is closed; dropped %r", event)
         except Exception:
             logger.warning("UI sink failed on %r; the notification is kept", event, exc_info=True)
 
 
-def _check_task_id(id: object) -> None:
-    if not isinstance(id, str) or not id or len(id) > MAX_TASK_ID_CHARS or not id.isprintable():
-        shown = repr(id) if len(repr(id)) <= 80 else repr(id)[:77] + "..."
-        raise ValueError(
-            f"task id must be a non-empty printable string of at most {MAX_TASK_ID_CHARS} "
-            f"characters, got {shown}"
-        )
+def _reject_task_id(id: object) -> None:
+    shown = repr(id) if len(repr(id)) <= 80 else repr(id)[:77] + "..."
+    raise ValueError(
+        f"task id must be a non-empty printable string of at most {MAX_TASK_ID_CHARS} "
+        f"characters, got {shown}"
+    )
 
 
 def _sink_caller(sink: UISink | None) -> Callable[[LifecycleEvent], object] | None:

@@ -62,16 +62,19 @@ class Preview:
     elided_lines: int
 
 
-def build_preview(text: str, *, head_lines: int, tail_lines: int, max_bytes: int) -> Preview:
+def build_preview(
+    text: str, *, head_lines: int, tail_lines: int, max_bytes: int, total_lines: int | None = None
+) -> Preview:
     """The first ``head_lines`` and last ``tail_lines`` lines of ``text``, with a marker that
     counts the lines left out, in at most ``max_bytes`` UTF-8 bytes.
 
     Long lines are cut (each keeps a fair share of the budget and a ``…[+N chars]`` marker);
     if even short cuts do not fit, lines nearest the marker are dropped and counted as elided.
+    ``total_lines`` is ``count_lines(text)`` if the caller has it already.
     """
     if max_bytes < 0:
         raise ValueError(f"max_bytes must be non-negative, got {max_bytes}")
-    total = count_lines(text)
+    total = count_lines(text) if total_lines is None else total_lines
     if total <= head_lines + tail_lines:
         head, tail = _first_lines(text, total, max_bytes), []
     else:
