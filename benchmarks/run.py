@@ -244,7 +244,7 @@ def machine_description() -> str:
     except OSError:
         pass
     try:
-        load = "load %.2f %.2f %.2f" % os.getloadavg()
+        load = "load {:.2f} {:.2f} {:.2f}".format(*os.getloadavg())
     except OSError:
         load = "load n/a"
     return (

@@ -1,7 +1,6 @@
 from __future__ import annotations
 
 import math
-import threading
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any

@@ -42,6 +42,14 @@ def task_id_of(outcome: ToolOutcome) -> str:
     return outcome.content.split()[3]
 
 
+async def one_running_one_queued(tools: dict[str, Tool]) -> tuple[str, str]:
+    """With a cap of one: start "first" (runs) and "second" (queued); return their ids."""
+    running = task_id_of(call(tools["task"], description="first", prompt="p"))
+    queued = task_id_of(call(tools["task"], description="second", prompt="p"))
+    await trio.testing.wait_all_tasks_blocked()
+    return running, queued
+
+
 async def test_task_acknowledges_with_the_id_and_says_not_to_poll(store: BackgroundStore) -> None:
     subagents = Subagents()
     async with SubagentPool(store) as pool:
@@ -72,9 +80,7 @@ async def test_task_status_describes_each_stage(store: BackgroundStore) -> None:
     subagents = Subagents()
     async with SubagentPool(store, when_full="queue") as pool:
         tools = by_name(task_tools(pool, subagents))
-        running = task_id_of(call(tools["task"], description="first", prompt="p"))
-        queued = task_id_of(call(tools["task"], description="second", prompt="p"))
-        await trio.testing.wait_all_tasks_blocked()
+        running, queued = await one_running_one_queued(tools)
         status = tools["task_status"]
         assert "is still running" in call(status, task_id=running).content
         assert "is queued, waiting for a free subagent slot" in call(status, task_id=queued).content
@@ -99,9 +105,7 @@ async def test_cancel_task_texts(store: BackgroundStore) -> None:
     subagents = Subagents()
     async with SubagentPool(store, when_full="queue") as pool:
         tools = by_name(task_tools(pool, subagents))
-        running = task_id_of(call(tools["task"], description="first", prompt="p"))
-        queued = task_id_of(call(tools["task"], description="second", prompt="p"))
-        await trio.testing.wait_all_tasks_blocked()
+        running, queued = await one_running_one_queued(tools)
         cancel = tools["cancel_task"]
         assert call(cancel, task_id=queued).content == f"Task {queued} was cancelled before it started."
         assert "is being cancelled" in call(cancel, task_id=running).content

@@ -123,11 +123,10 @@ class ScriptedModel:
             step = next(self._steps)
         except StopIteration:
             raise ScriptExhausted(f"the script has no step for model call {len(self.inputs)}") from None
-        if callable(step):
-            step = step(messages)
-            if inspect.isawaitable(step):
-                step = await step
-        return AssistantMessage(content=step) if isinstance(step, str) else step
+        reply = step(messages) if callable(step) else step
+        if inspect.isawaitable(reply):
+            reply = await reply
+        return AssistantMessage(content=reply) if isinstance(reply, str) else reply
 
 
 class AgentLoop:

@@ -17,16 +17,13 @@ __all__ = [
 ]
 
 
-class TaskStatus(str, enum.Enum):
+class TaskStatus(enum.StrEnum):
     """Where a task is in its life. Every status but ``RUNNING`` is final."""
 
     RUNNING = "running"
     COMPLETED = "completed"
     FAILED = "failed"
     CANCELLED = "cancelled"
-
-    def __str__(self) -> str:
-        return self.value
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,9 +95,10 @@ class TaskNotification:
 
 
 _new_object = object.__new__
-_set_notification_id = TaskNotification.id.__set__  # type: ignore[attr-defined]
-_set_notification_state = TaskNotification.state.__set__  # type: ignore[attr-defined]
-_set_notification_sequence = TaskNotification.sequence.__set__  # type: ignore[attr-defined]
+_notification_slots = vars(TaskNotification)  # the member descriptors of its __slots__
+_set_notification_id = _notification_slots["id"].__set__
+_set_notification_state = _notification_slots["state"].__set__
+_set_notification_sequence = _notification_slots["sequence"].__set__
 
 
 def make_notification(id: str, state: TaskState, sequence: int) -> TaskNotification:

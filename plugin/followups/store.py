@@ -8,7 +8,7 @@ import logging
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Sequence
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 import anyio
 import anyio.lowlevel
@@ -424,8 +424,8 @@ def _sink_caller(sink: UISink | None) -> Callable[[LifecycleEvent], object] | No
         return None
     send_nowait = getattr(sink, "send_nowait", None)
     if callable(send_nowait):
-        return send_nowait
-    if inspect.iscoroutinefunction(sink) or inspect.iscoroutinefunction(getattr(sink, "__call__", None)):
+        return cast(Callable[[LifecycleEvent], object], send_nowait)
+    if inspect.iscoroutinefunction(sink) or (callable(sink) and inspect.iscoroutinefunction(type(sink).__call__)):
         raise TypeError(
             "ui_sink must be synchronous: pass a memory send stream (anyio.create_memory_object_stream "
             "or trio.open_memory_channel) instead of an async function"
