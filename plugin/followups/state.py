@@ -62,9 +62,10 @@ class TaskState:
     @property
     def is_finished(self) -> bool:
         """True for completed, failed and cancelled: a state that is never left."""
-        return self.status is not TaskStatus.RUNNING
+        return self.status is not _RUNNING_STATUS
 
 
+_RUNNING_STATUS = TaskStatus.RUNNING
 _RUNNING = TaskState(TaskStatus.RUNNING)
 
 
