@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import sys
 import threading
 from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
 
 import anyio
@@ -15,10 +17,21 @@ import trio.testing
 from followups import BackgroundStore, FollowupSettings, TaskState
 
 
+@pytest.fixture
+def frequent_thread_switches() -> Iterator[None]:
+    """Make CPython switch threads every microsecond instead of every 5 ms, so that threads
+    really interleave inside the store's methods and a missing lock shows."""
+    previous = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)
+    yield
+    sys.setswitchinterval(previous)
+
+
 def drain_ids(store: BackgroundStore) -> list[str]:
     return [n.id for n in store.drain_notifications()]
 
 
+@pytest.mark.usefixtures("frequent_thread_switches")
 def test_threads_hammering_one_store_deliver_each_result_exactly_once(store: BackgroundStore) -> None:
     workers, per_worker = 16, 400
     barrier = threading.Barrier(workers + 1)
@@ -56,6 +69,7 @@ def test_threads_hammering_one_store_deliver_each_result_exactly_once(store: Bac
     assert len(store) == store.settings.capacity
 
 
+@pytest.mark.usefixtures("frequent_thread_switches")
 def test_threads_restoring_and_draining_lose_and_duplicate_nothing(store: BackgroundStore) -> None:
     total = 3000
     barrier = threading.Barrier(4)
