@@ -4,6 +4,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import anyio
+import anyio.lowlevel
 import pytest
 import trio
 import trio.testing
@@ -236,7 +237,7 @@ def test_the_loop_and_hooks_run_under_asyncio(tmp_path: Path) -> None:
     store = make_store(tmp_path)
 
     async def subagent(request: TaskRequest) -> str:
-        await anyio.sleep(0.01)
+        await anyio.lowlevel.checkpoint()
         return "asyncio result"
 
     async def main() -> list[str]:

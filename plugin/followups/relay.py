@@ -79,16 +79,22 @@ class OutputRelay:
         """
         settings = self.settings
         limit = settings.relay_inline_max_bytes
-        lines = count_lines(text) if len(text) <= limit else None
-        if lines is not None and lines <= settings.relay_max_lines:
+        # A text longer than the byte limit is relayed whatever its line count, so its lines
+        # are counted later, while the file is written.
+        known_lines = count_lines(text) if len(text) <= limit else None
+        if known_lines is not None and known_lines <= settings.relay_max_lines:
             if len(text) * 4 <= limit or len(text.encode("utf-8", "replace")) <= limit:
                 return RelayOutcome(text)
         data = text.encode("utf-8", "replace")
         try:
-            path, lines = self._write(label, data, text if lines is None else None, lines)
+            path, counted = self._write(label, data, count_while_writing=text if known_lines is None else None)
         except Exception as exc:
             logger.warning("could not relay %d bytes of %r output to a file: %s", len(data), label, exc)
-            return self._unsaved(text, count_lines(text) if lines is None else lines, len(data), exc)
+            lines = count_lines(text) if known_lines is None else known_lines
+            return self._unsaved(text, lines, len(data), exc)
+        lines = known_lines if known_lines is not None else counted
+        if lines is None:  # a text over the byte limit but too small to count while writing
+            lines = count_lines(text)
         footer = self.renderer.render_relay_footer(path=path, lines=lines, size_bytes=len(data))
         return RelayOutcome(self._with_footer(text, footer, lines), path)
 
@@ -124,29 +130,30 @@ class OutputRelay:
         head = head_cap(text, len(cut_to_bytes(text, max(budget, 0))), "output")
         return RelayOutcome(f"{head}\n{notice}", None, reason)
 
-    def _write(self, label: str, data: bytes, text: str | None, lines: int | None) -> tuple[Path, int]:
-        """Save ``data`` to a new file; returns its path and the line count (counted from
-        ``text`` while the file is written, when ``lines`` is not known yet)."""
+    def _write(self, label: str, data: bytes, *, count_while_writing: str | None) -> tuple[Path, int | None]:
+        """Save ``data`` to a new file. Returns its path and, for a large ``data``, the line
+        count of ``count_while_writing``, taken while the write runs (None otherwise)."""
         try:
-            return self._write_in(self._prepared_directory(), label, data, text, lines)
+            return self._write_in(self._prepared_directory(), label, data, count_while_writing)
         except FileNotFoundError:
             self._directory = None  # removed since it was prepared: prepare it again, once
-            return self._write_in(self._prepared_directory(), label, data, text, lines)
+            return self._write_in(self._prepared_directory(), label, data, count_while_writing)
 
     def _write_in(
-        self, directory: Path, label: str, data: bytes, text: str | None, lines: int | None
-    ) -> tuple[Path, int]:
+        self, directory: Path, label: str, data: bytes, count_while_writing: str | None
+    ) -> tuple[Path, int | None]:
         self._sweep_if_due(directory)
         final = directory / f"{_safe_label(label)}-{time.strftime('%Y%m%dT%H%M%S')}-{secrets.token_hex(8)}.txt"
         if final.parent != directory:
             raise ValueError(f"relay file name escapes the relay directory: {final}")
         fd, temporary = tempfile.mkstemp(prefix=_TEMP_PREFIX, suffix=".txt", dir=directory)
+        lines = None
         try:
             try:
-                if lines is None and len(data) >= _OVERLAP_BYTES:
+                if count_while_writing is not None and len(data) >= _OVERLAP_BYTES:
                     writer = _BackgroundWrite(fd, data)
                     try:
-                        lines = count_lines(text or "")
+                        lines = count_lines(count_while_writing)
                     finally:
                         writer.join()
                 else:
@@ -160,7 +167,7 @@ class OutputRelay:
             except OSError:
                 pass  # it was never created or is already gone; the original error matters
             raise
-        return final, count_lines(text or "") if lines is None else lines
+        return final, lines
 
     def _prepared_directory(self) -> Path:
         """The relay directory, created and checked on first use (and after it vanished)."""
