@@ -90,8 +90,7 @@ class OutputRelay:
             path, counted = self._write(label, data, count_while_writing=text if known_lines is None else None)
         except Exception as exc:
             logger.warning("could not relay %d bytes of %r output to a file: %s", len(data), label, exc)
-            lines = count_lines(text) if known_lines is None else known_lines
-            return self._unsaved(text, lines, len(data), exc)
+            return self._unsaved(text, count_lines(text) if known_lines is None else known_lines, len(data), exc)
         lines = known_lines if known_lines is not None else counted
         if lines is None:  # a text over the byte limit but too small to count while writing
             lines = count_lines(text)
