@@ -9,6 +9,7 @@ and :class:`ReminderRenderer` renders one user-role reminder from Jinja template
 
 from __future__ import annotations
 
+from .delivery import ReminderDelivery, take_delivery, take_followup
 from .errors import CapacityExceeded, FollowupsError, TemplateError
 from .hooks import (
     FollowupHook,
@@ -71,6 +72,7 @@ __all__ = [
     "OutputRelay",
     "RelayOutcome",
     "RenderedReminder",
+    "ReminderDelivery",
     "ScriptExhausted",
     "ScriptedModel",
     "SubagentPool",
@@ -93,6 +95,8 @@ __all__ = [
     "head_cap",
     "prepend_pending_notifications",
     "render_result",
+    "take_delivery",
+    "take_followup",
     "take_reminder",
     "task_tools",
     "tool_call",

@@ -8,6 +8,7 @@ from typing import Any, Literal, Protocol
 
 from pydantic import BaseModel, ConfigDict
 
+from .delivery import take_delivery
 from .reminders import RenderedReminder, ReminderRenderer
 from .state import TaskNotification
 from .store import BackgroundStore
@@ -54,21 +55,14 @@ def take_reminder(
 
     Returns None when nothing is pending. Nothing is lost: the notifications that ``fit``
     does not carry go back to the front of the queue in order, and if ``fit`` raises, all of
-    them do before the error propagates. This is the one transaction every hook and adapter
-    uses; a caller whose own delivery fails after this returns can hand the same
-    notifications to :meth:`BackgroundStore.restore_notifications`.
+    them do before the error propagates. The reminder counts as delivered once returned; a
+    caller that only learns later whether it reached the model uses :func:`take_delivery`.
     """
-    drained = store.drain_notifications()
-    if not drained:
+    delivery = take_delivery(store, fit)
+    if delivery is None:
         return None
-    try:
-        rendered = fit(drained)
-    except BaseException:
-        store.restore_notifications(drained)
-        raise
-    if rendered.delivered < len(drained):
-        store.restore_notifications(drained[rendered.delivered :])
-    return rendered.text
+    delivery.confirm()
+    return delivery.text
 
 
 def followup_from_store(store: BackgroundStore, renderer: ReminderRenderer | None = None) -> FollowupHook:
