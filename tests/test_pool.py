@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import math
+import threading
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -423,21 +424,128 @@ async def test_spawn_outside_the_block_is_an_error(tmp_path: Path) -> None:
         pool.spawn(fn)
 
 
-async def test_spawn_from_another_thread_is_refused_clearly(tmp_path: Path) -> None:
+@pytest.mark.parametrize("backend", ["trio", "asyncio"])
+def test_spawns_from_many_threads_at_once_keep_the_cap(tmp_path: Path, backend: str) -> None:
+    threads, per_thread, cap = 16, 10, 4
+    store = make_store(tmp_path, capacity=256, max_concurrent=cap)
+    admitted: list[str] = []
+    refused: list[CapacityExceeded] = []
+    lock = threading.Lock()
+
+    async def main() -> tuple[int, int]:
+        gate = Gate()
+        barrier = threading.Barrier(threads)
+
+        def tool_thread() -> None:
+            barrier.wait()
+            for _ in range(per_thread):
+                try:
+                    task_id = pool.spawn(gate.subagent, "t")
+                except CapacityExceeded as exc:
+                    with lock:
+                        refused.append(exc)
+                else:
+                    with lock:
+                        admitted.append(task_id)
+
+        async with SubagentPool(store, max_concurrent=cap) as pool:
+            async with anyio.create_task_group() as workers:
+                for _ in range(threads):
+                    workers.start_soon(anyio.to_thread.run_sync, tool_thread)
+            await anyio.wait_all_tasks_blocked()
+            running = pool.running_count()
+            gate.release.set()
+        return gate.peak, running
+
+    peak, running = anyio.run(main, backend=backend)
+    assert peak == cap and running == cap
+    assert len(admitted) == cap and len(refused) == threads * per_thread - cap
+    assert all(state_of(store, id).status is TaskStatus.COMPLETED for id in admitted)
+
+
+@pytest.mark.parametrize("backend", ["trio", "asyncio"])
+def test_queue_mode_admits_every_spawn_from_many_threads_in_turn(tmp_path: Path, backend: str) -> None:
+    threads, per_thread, cap = 8, 25, 4
+    store = make_store(tmp_path, capacity=threads * per_thread + cap, max_concurrent=cap)
+
+    async def main() -> tuple[int, list[str]]:
+        running = peak = 0
+
+        async def subagent() -> str:
+            nonlocal running, peak
+            running += 1
+            peak = max(peak, running)
+            await anyio.lowlevel.checkpoint()
+            running -= 1
+            return "ok"
+
+        ids: list[str] = []
+        lock = threading.Lock()
+
+        def tool_thread() -> None:
+            for _ in range(per_thread):
+                task_id = pool.spawn(subagent)
+                with lock:
+                    ids.append(task_id)
+
+        async with SubagentPool(store, max_concurrent=cap, when_full="queue", close="wait") as pool:
+            async with anyio.create_task_group() as workers:
+                for _ in range(threads):
+                    workers.start_soon(anyio.to_thread.run_sync, tool_thread)
+        return peak, ids
+
+    peak, ids = anyio.run(main, backend=backend)
+    assert peak == cap
+    assert len(set(ids)) == threads * per_thread
+    assert all(state_of(store, id).status is TaskStatus.COMPLETED for id in ids)
+
+
+async def test_cancel_from_a_thread_cancels_on_the_loop(tmp_path: Path) -> None:
+    store = make_store(tmp_path)
+    gate = Gate()
+    async with SubagentPool(store) as pool:
+        task_id = pool.spawn(gate.subagent, "long")
+        await settle()
+        assert await trio.to_thread.run_sync(pool.cancel, task_id) is True
+        assert await trio.to_thread.run_sync(pool.cancel, "unknown") is False
+    assert state_of(store, task_id).status is TaskStatus.CANCELLED
+
+
+async def test_errors_of_a_spawn_from_a_thread_reach_that_thread(tmp_path: Path) -> None:
+    async def fn() -> str:
+        return ""
+
+    async with SubagentPool(make_store(tmp_path)) as pool:
+        with pytest.raises(ValueError, match="timeout must be a positive number"):
+            await trio.to_thread.run_sync(lambda: pool.spawn(fn, timeout=-1))
+
+
+def test_spawn_from_a_thread_after_the_loop_finished_is_refused_clearly(tmp_path: Path) -> None:
+    store = make_store(tmp_path)
+    pools: list[SubagentPool] = []
+
+    async def main() -> None:
+        async with SubagentPool(store) as pool:
+            pools.append(pool)
+
+    trio.run(main)
+
     async def fn() -> str:
         return ""
 
     errors: list[BaseException] = []
 
-    def from_thread() -> None:
+    def late_spawn() -> None:
         try:
-            pool.spawn(fn)
+            pools[0].spawn(fn)
         except RuntimeError as exc:
             errors.append(exc)
 
-    async with SubagentPool(make_store(tmp_path)) as pool:
-        await trio.to_thread.run_sync(from_thread)
-    assert len(errors) == 1 and "event loop thread" in str(errors[0])
+    thread = threading.Thread(target=late_spawn)
+    thread.start()
+    thread.join()
+    assert len(errors) == 1
+    assert "after its event loop finished" in str(errors[0])
 
 
 @pytest.mark.parametrize("kwargs", [{"max_concurrent": 0}, {"max_concurrent": 33}, {"when_full": "drop"}, {"close": "never"}])

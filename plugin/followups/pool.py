@@ -3,17 +3,21 @@ and report each one's outcome to the :class:`BackgroundStore`. anyio: trio or as
 
 from __future__ import annotations
 
+import asyncio
 import collections
 import enum
+import functools
 import json
 import secrets
 import threading
 from collections.abc import Awaitable, Callable
 from types import TracebackType
-from typing import Any, Literal, Self
+from typing import Any, Literal, ParamSpec, Self, TypeVar
 
 import anyio
 import anyio.abc
+import sniffio
+import trio
 from pydantic import BaseModel
 
 from .errors import CapacityExceeded
@@ -26,6 +30,9 @@ CANCELLED_BY_REQUEST = "cancelled by request"
 SESSION_CLOSED = "cancelled: the session closed before it finished"
 
 Subagent = Callable[..., Awaitable[Any]]
+
+_P = ParamSpec("_P")
+_T = TypeVar("_T")
 
 
 class _Phase(enum.Enum):
@@ -70,8 +77,12 @@ class SubagentPool:
     Task ids come from ``id_factory`` (random 8-hex-digit ids by default); a produced id
     that a store record already has is skipped.
 
-    Every method must be called from the event loop thread that entered the pool (tool
-    handlers run there); from another thread use ``anyio.from_thread.run_sync``.
+    Threads: ``spawn``, ``cancel`` and ``cancel_all`` may be called from any thread. On the
+    event loop thread that entered the pool (where async tool handlers run) they act at once;
+    from another thread (a framework that runs tools in a thread pool) they hand the call to
+    the loop and block until it has run there, so the cap stays atomic. Such a thread must not
+    be one the loop is blocked waiting for, or both wait forever: run synchronous agent code
+    in a worker thread (``trio.to_thread.run_sync`` / ``asyncio.to_thread``), not on the loop.
     """
 
     def __init__(
@@ -112,6 +123,7 @@ class SubagentPool:
         self._running = 0
         self._task_group: anyio.abc.TaskGroup | None = None
         self._loop_thread: int | None = None
+        self._loop: trio.lowlevel.TrioToken | asyncio.AbstractEventLoop | None = None
         self._closing = False
 
     async def __aenter__(self) -> Self:
@@ -121,6 +133,7 @@ class SubagentPool:
         await task_group.__aenter__()
         self._task_group = task_group
         self._loop_thread = threading.get_ident()
+        self._loop = _running_loop()
         return self
 
     async def __aexit__(
@@ -149,9 +162,14 @@ class SubagentPool:
         ``task_id`` defaults to a fresh random id; an id that is already live raises
         ``ValueError``. ``timeout`` (seconds) fails the task if it runs longer. Raises
         :class:`CapacityExceeded` at the cap (``reject``) or when the queue is full (``queue``),
-        and ``RuntimeError`` outside the ``async with`` block. Not a checkpoint.
+        and ``RuntimeError`` outside the ``async with`` block. Not a checkpoint. Any thread
+        (see the class docstring).
         """
-        self._check_thread("spawn")
+        return self._on_loop(self._spawn, fn, *args, task_id=task_id, description=description, timeout=timeout)
+
+    def _spawn(
+        self, fn: Subagent, *args: Any, task_id: str | None, description: str, timeout: float | None
+    ) -> str:
         if self._task_group is None or self._closing:
             raise RuntimeError("SubagentPool.spawn called outside its 'async with' block")
         if not callable(fn):
@@ -185,9 +203,11 @@ class SubagentPool:
         """Cancel one subagent, queued or running. Returns False if it is not live in this pool.
 
         A subagent that had not started is reported cancelled at once; a running one is
-        reported when it has unwound (at its next checkpoint).
+        reported when it has unwound (at its next checkpoint). Any thread.
         """
-        self._check_thread("cancel")
+        return self._on_loop(self._cancel, task_id, reason)
+
+    def _cancel(self, task_id: str, reason: str) -> bool:
         subagent = self._live.get(task_id)
         if subagent is None or subagent.phase is _Phase.DONE:
             return False
@@ -200,8 +220,10 @@ class SubagentPool:
     def cancel_all(self, reason: str = DEFAULT_CANCEL_REASON) -> list[str]:
         """Cancel every subagent of this pool, then apply :meth:`BackgroundStore.cancel_all`
         (which marks live tasks cancelled with ``reason`` and clears the pending queue).
-        Returns the ids the store cancelled."""
-        self._check_thread("cancel_all")
+        Returns the ids the store cancelled. Any thread."""
+        return self._on_loop(self._cancel_all, reason)
+
+    def _cancel_all(self, reason: str) -> list[str]:
         self._cancel_live(reason, report=False)
         return self.store.cancel_all(reason)
 
@@ -312,12 +334,46 @@ class SubagentPool:
                 return candidate
         raise RuntimeError("id_factory returned 1000 ids that are already in use")
 
-    def _check_thread(self, method: str) -> None:
-        if self._loop_thread is not None and threading.get_ident() != self._loop_thread:
-            raise RuntimeError(
-                f"SubagentPool.{method} must be called from the event loop thread that entered the "
-                f"pool; from a worker thread use anyio.from_thread.run_sync(pool.{method}, ...)"
-            )
+    def _on_loop(self, method: Callable[_P, _T], *args: _P.args, **kwargs: _P.kwargs) -> _T:
+        """Run ``method`` on the pool's event loop thread: directly when called there (or
+        before the pool is entered), else inside the loop while this thread blocks."""
+        loop = self._loop
+        if loop is None or threading.get_ident() == self._loop_thread:
+            return method(*args, **kwargs)
+        call = functools.partial(method, *args, **kwargs)
+        if isinstance(loop, asyncio.AbstractEventLoop):
+            return _run_in_asyncio_loop(loop, call)
+        try:
+            return trio.from_thread.run_sync(call, trio_token=loop)
+        except trio.RunFinishedError as exc:
+            raise RuntimeError(_LOOP_FINISHED) from exc
+
+
+_LOOP_FINISHED = "SubagentPool called from a thread after its event loop finished"
+
+
+def _running_loop() -> trio.lowlevel.TrioToken | asyncio.AbstractEventLoop:
+    """What lets another thread run code on the current event loop."""
+    library = sniffio.current_async_library()
+    if library == "trio":
+        return trio.lowlevel.current_trio_token()
+    if library == "asyncio":
+        return asyncio.get_running_loop()
+    raise RuntimeError(f"followups supports trio and asyncio, not {library!r}")
+
+
+def _run_in_asyncio_loop(loop: asyncio.AbstractEventLoop, call: Callable[[], _T]) -> _T:
+    # Inside a task, not a bare callback: anyio (cancel scopes) needs a current task.
+    async def in_task() -> _T:
+        return call()
+
+    coroutine = in_task()
+    try:
+        future = asyncio.run_coroutine_threadsafe(coroutine, loop)
+    except RuntimeError as exc:  # the loop is closed
+        coroutine.close()
+        raise RuntimeError(_LOOP_FINISHED) from exc
+    return future.result()
 
 
 async def _outcome(subagent: _Subagent) -> TaskState:
