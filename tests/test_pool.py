@@ -610,3 +610,39 @@ async def test_id_factory_names_tasks_and_ids_in_use_are_skipped(tmp_path: Path)
     async with SubagentPool(store, id_factory=lambda: next(names), close="wait") as pool:
         assert pool.spawn(fn) == "job-2"
         assert pool.spawn(fn) == "job-3"
+
+
+async def test_a_large_result_is_relayed_off_the_loop_and_survives_closing_the_pool(tmp_path: Path) -> None:
+    store = make_store(tmp_path)
+    loop_thread = threading.get_ident()
+    notify_threads: list[int] = []
+    reporting, release = threading.Event(), threading.Event()
+    notify = store.notify
+
+    def slow_notify(id: str, state: TaskState) -> bool:
+        notify_threads.append(threading.get_ident())
+        reporting.set()
+        release.wait(timeout=30)  # bounded, so a report made on the loop thread fails instead of hanging
+        return notify(id, state)
+
+    store.notify = slow_notify  # type: ignore[method-assign]
+    big = "subagent output line\n" * 50_000
+
+    async def subagent() -> str:
+        return big
+
+    async def release_once_everything_waits() -> None:
+        await trio.testing.wait_all_tasks_blocked()
+        release.set()
+
+    async with trio.open_nursery() as nursery:
+        async with SubagentPool(store) as pool:
+            task_id = pool.spawn(subagent)
+            await trio.to_thread.run_sync(reporting.wait)
+            nursery.start_soon(release_once_everything_waits)
+        # Leaving the pool cancels what runs; a report already under way still lands.
+    assert notify_threads and loop_thread not in notify_threads
+    state = state_of(store, task_id)
+    assert state.status is TaskStatus.COMPLETED
+    assert "[Full output: 50000 lines" in state.text
+    assert [n.id for n in store.drain_notifications()] == [task_id]

@@ -31,6 +31,9 @@ SESSION_CLOSED = "cancelled: the session closed before it finished"
 
 Subagent = Callable[..., Awaitable[Any]]
 
+# A text this long may be relayed to a file: the store is notified from a worker thread.
+_REPORT_IN_THREAD_CHARS = 64 * 1024
+
 _P = ParamSpec("_P")
 _T = TypeVar("_T")
 
@@ -272,11 +275,20 @@ class SubagentPool:
                 raise
             finally:
                 self._running -= 1
-            self.store.notify(subagent.id, state or TaskState.cancelled(subagent.reason))
+            await self._report(subagent.id, state or TaskState.cancelled(subagent.reason))
         finally:
             subagent.phase = _Phase.DONE
             self._live.pop(subagent.id, None)
             self._release_slot()
+
+    async def _report(self, task_id: str, state: TaskState) -> None:
+        """Notify the store of a final state. A large text is relayed to a file on a worker
+        thread, so the event loop is not blocked by the write; cancellation waits for that
+        thread, so the report is never lost."""
+        if len(state.text) < _REPORT_IN_THREAD_CHARS:
+            self.store.notify(task_id, state)
+        else:
+            await anyio.to_thread.run_sync(self.store.notify, task_id, state)
 
     def _finish_unstarted(self, subagent: _Subagent, *, report: bool) -> None:
         """Retire a subagent cancelled before it ran (reporting it cancelled if ``report``).
