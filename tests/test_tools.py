@@ -127,3 +127,61 @@ async def test_invalid_arguments_name_the_field(store: BackgroundStore) -> None:
         assert isinstance(outcome, ToolOutcome) and outcome.is_error
         assert "description" in outcome.content and "prompt" in outcome.content
         assert tools["task"].spec()["input_schema"]["properties"].keys() == {"description", "prompt"}
+
+
+class EchoArgs(TaskStatusArgs):
+    pass
+
+
+def echo_tool(handler: object) -> Tool:
+    return Tool("echo", "Echo the task id.", EchoArgs, handler)  # type: ignore[arg-type]
+
+
+async def test_invoke_validates_runs_and_maps_failures_to_error_outcomes() -> None:
+    async def async_echo(args: EchoArgs) -> str:
+        await trio.lowlevel.checkpoint()
+        return f"async {args.task_id}"
+
+    def broken(args: EchoArgs) -> str:
+        raise KeyError("no such thing")
+
+    assert await echo_tool(lambda args: f"sync {args.task_id}").invoke({"task_id": "t1"}) == ToolOutcome("sync t1")
+    assert await echo_tool(async_echo).invoke({"task_id": "t2"}) == ToolOutcome("async t2")
+    invalid = await echo_tool(async_echo).invoke({})
+    assert invalid.is_error and "Invalid arguments for echo: task_id: Field required" in invalid.content
+    failed = await echo_tool(broken).invoke({"task_id": "t3"})
+    assert failed == ToolOutcome("Tool echo failed: KeyError: 'no such thing'", is_error=True)
+
+
+def test_invoke_sync_runs_sync_handlers_and_refuses_async_ones() -> None:
+    async def async_echo(args: EchoArgs) -> str:
+        return args.task_id
+
+    assert echo_tool(lambda args: ToolOutcome(args.task_id, is_error=True)).invoke_sync({"task_id": "x"}) == (
+        ToolOutcome("x", is_error=True)
+    )
+    assert echo_tool(lambda args: args.task_id).invoke_sync({"task_id": ""}).is_error
+    with pytest.raises(TypeError, match="has an async handler"):
+        echo_tool(async_echo).invoke_sync({"task_id": "x"})
+
+
+async def test_invoke_lets_cancellation_through() -> None:
+    started = trio.Event()
+
+    async def hangs(args: EchoArgs) -> str:
+        started.set()
+        await trio.sleep_forever()
+        raise AssertionError("unreachable")
+
+    outcomes: list[ToolOutcome] = []
+
+    async def invoke() -> None:
+        outcomes.append(await echo_tool(hangs).invoke({"task_id": "x"}))
+
+    with trio.CancelScope() as scope:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(invoke)
+            await started.wait()
+            scope.cancel()
+    assert scope.cancelled_caught
+    assert outcomes == [], "a cancelled tool call must not turn into an outcome"

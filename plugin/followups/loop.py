@@ -236,14 +236,7 @@ class AgentLoop:
         if tool is None:
             known = ", ".join(self.tools) or "none"
             return ToolOutcome(f"Unknown tool {call.name!r}; the tools are: {known}.", is_error=True)
-        arguments = tool.parse(call.arguments)
-        if isinstance(arguments, ToolOutcome):
-            return arguments
-        try:
-            outcome = await _call(tool.handler, arguments)
-        except Exception as exc:
-            return ToolOutcome(f"Tool {call.name} failed: {type(exc).__name__}: {exc}", is_error=True)
-        return outcome if isinstance(outcome, ToolOutcome) else ToolOutcome(str(outcome))
+        return await tool.invoke(call.arguments)
 
     async def _collect(self, name: str) -> list[UserMessage]:
         messages: list[UserMessage] = []

@@ -4,7 +4,7 @@ over a :class:`SubagentPool`."""
 from __future__ import annotations
 
 import inspect
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -61,7 +61,43 @@ class Tool:
             "input_schema": self.parameters.model_json_schema(),
         }
 
-    def parse(self, arguments: dict[str, Any]) -> BaseModel | ToolOutcome:
+    async def invoke(self, arguments: Mapping[str, Any]) -> ToolOutcome:
+        """Validate ``arguments`` and run the handler, awaiting it if it is async.
+
+        Never raises an ``Exception``: invalid arguments and an exception from the handler
+        become error outcomes that tell the model what went wrong. Cancellation (and any other
+        ``BaseException``) propagates. A synchronous handler runs inline, without a checkpoint.
+        """
+        parsed = self.parse(arguments)
+        if isinstance(parsed, ToolOutcome):
+            return parsed
+        try:
+            result = self.handler(parsed)
+            if inspect.isawaitable(result):
+                result = await result
+        except Exception as exc:
+            return self._failure(exc)
+        return _as_outcome(result)
+
+    def invoke_sync(self, arguments: Mapping[str, Any]) -> ToolOutcome:
+        """:meth:`invoke` for a synchronous handler, from code that cannot await (any thread:
+        the task tools reach the pool through its thread-safe methods). Raises ``TypeError``
+        for an async handler."""
+        if self.is_async:
+            raise TypeError(f"tool {self.name!r} has an async handler; await Tool.invoke instead")
+        parsed = self.parse(arguments)
+        if isinstance(parsed, ToolOutcome):
+            return parsed
+        try:
+            result = self.handler(parsed)
+        except Exception as exc:
+            return self._failure(exc)
+        return _as_outcome(result)
+
+    def _failure(self, exc: Exception) -> ToolOutcome:
+        return ToolOutcome(f"Tool {self.name} failed: {type(exc).__name__}: {exc}", is_error=True)
+
+    def parse(self, arguments: Mapping[str, Any]) -> BaseModel | ToolOutcome:
         """Validated arguments, or an error outcome that tells the model what was wrong."""
         try:
             return self.parameters.model_validate(arguments)
@@ -71,6 +107,10 @@ class Tool:
                 for error in exc.errors()
             )
             return ToolOutcome(f"Invalid arguments for {self.name}: {problems}", is_error=True)
+
+
+def _as_outcome(result: object) -> ToolOutcome:
+    return result if isinstance(result, ToolOutcome) else ToolOutcome(str(result))
 
 
 class TaskArgs(BaseModel):
