@@ -646,3 +646,36 @@ async def test_a_large_result_is_relayed_off_the_loop_and_survives_closing_the_p
     assert state.status is TaskStatus.COMPLETED
     assert "[Full output: 50000 lines" in state.text
     assert [n.id for n in store.drain_notifications()] == [task_id]
+
+
+async def test_a_queued_large_result_is_no_longer_live_and_has_freed_its_slot(tmp_path: Path) -> None:
+    # A loop that sees nothing pending and live_count() > 0 sleeps until the next notification:
+    # if live_count lagged behind the notification it would sleep forever. And a model told of
+    # the result may start another task at once: the slot must already be free.
+    store = make_store(tmp_path)
+    notified, release = threading.Event(), threading.Event()
+    notify = store.notify
+
+    def notify_then_hold(id: str, state: TaskState) -> bool:
+        recorded = notify(id, state)
+        notified.set()
+        release.wait(timeout=30)
+        return recorded
+
+    store.notify = notify_then_hold  # type: ignore[method-assign]
+
+    async def subagent() -> str:
+        return "subagent output line\n" * 50_000
+
+    async def quick() -> str:
+        return "ok"
+
+    async with SubagentPool(store, max_concurrent=1) as pool:
+        pool.spawn(subagent)
+        await trio.to_thread.run_sync(notified.wait)
+        try:
+            assert store.has_pending_notifications()
+            assert pool.live_count() == 0
+            pool.spawn(quick)
+        finally:
+            release.set()

@@ -241,8 +241,12 @@ class SubagentPool:
         return self._queued
 
     def live_count(self) -> int:
-        """Subagents whose outcome is still to come: queued, starting or running."""
-        return len(self._live)
+        """Subagents whose outcome is still to come: queued, starting or running, until the
+        store has recorded their final state. It drops in the same step as the notification
+        is queued, so a loop that finds nothing pending and ``live_count() > 0`` can wait for
+        the next notification without missing one."""
+        store = self.store
+        return sum(1 for task_id in list(self._live) if not _has_final_state(store, task_id))
 
     async def wait_for_notification(self, timeout: float | None = None) -> bool:
         """Same as :meth:`BackgroundStore.wait_for_notification` on this pool's store."""
@@ -256,6 +260,7 @@ class SubagentPool:
         self._task_group.start_soon(self._run, subagent, name=f"subagent {subagent.id}")
 
     async def _run(self, subagent: _Subagent) -> None:
+        holds_slot = True
         try:
             if subagent.phase is _Phase.DONE or subagent.scope.cancel_called:
                 self._finish_unstarted(subagent, report=True)
@@ -275,11 +280,16 @@ class SubagentPool:
                 raise
             finally:
                 self._running -= 1
+            # Free the slot before the result can be seen: a model told of it may start
+            # another task at once, and must not be refused by this one's report.
+            holds_slot = False
+            self._release_slot()
             await self._report(subagent.id, state or TaskState.cancelled(subagent.reason))
         finally:
             subagent.phase = _Phase.DONE
             self._live.pop(subagent.id, None)
-            self._release_slot()
+            if holds_slot:
+                self._release_slot()
 
     async def _report(self, task_id: str, state: TaskState) -> None:
         """Notify the store of a final state. A large text is relayed to a file on a worker
@@ -398,6 +408,11 @@ async def _outcome(subagent: _Subagent) -> TaskState:
     if deadline.cancelled_caught:
         return TaskState.failed(f"timed out after {subagent.timeout:g} s")
     raise AssertionError("unreachable: move_on_after exited without a result or a timeout")
+
+
+def _has_final_state(store: BackgroundStore, task_id: str) -> bool:
+    task = store.get(task_id)
+    return task is None or task.state.is_finished
 
 
 def _random_id() -> str:
