@@ -1,0 +1,304 @@
+"""followups for a hand-written loop over the Anthropic Messages API (``anthropic`` SDK).
+
+Extension points of the SDK used here, all public:
+
+- the ``messages`` list the caller passes to ``client.messages.create(...)``: a list of
+  ``MessageParam`` dicts. A reminder rides in it as a ``TextBlockParam`` in a user turn, never in
+  the ``system`` parameter or a system-role message;
+- ``ToolParam`` (``name``, ``description``, ``input_schema``) for the ``tools`` parameter;
+- ``ToolUseBlock`` in a response's ``content`` and ``ToolResultBlockParam`` in the user turn
+  that answers it.
+
+Public names:
+
+- :func:`reminder_for_call` / :class:`CallReminder`: the delivery transaction around one model
+  call. It takes the pending notifications (:func:`followups.take_followup`), places the
+  reminder in the caller's message list, confirms it when the call returns, and when the call
+  raises (or is cancelled) removes it from that list again and gives the notifications back to
+  the store, so the retry carries it once.
+- :func:`create_with_followups`: ``client.messages.create(...)`` inside that transaction.
+- :func:`add_reminder` / :class:`ReminderPlacement`, :func:`reminder_block`: the placement alone.
+- :func:`tool_params` and :func:`run_tool_uses`: :func:`followups.task_tools` (or any
+  :class:`followups.Tool`) as ``ToolParam``s, and ``tool_use`` blocks run into ``tool_result``
+  blocks on the event loop, where ``SubagentPool.spawn`` may be called.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from types import TracebackType
+from typing import Any, cast
+
+import anyio
+from anthropic import AsyncAnthropic
+from anthropic.types import (
+    ContentBlock,
+    Message,
+    MessageParam,
+    TextBlockParam,
+    ToolParam,
+    ToolResultBlockParam,
+    ToolUseBlock,
+    UserMessageParam,
+)
+
+from ..delivery import ReminderDelivery, take_followup
+from ..reminders import ReminderRenderer
+from ..store import BackgroundStore
+from ..tools import Tool, ToolOutcome
+
+__all__ = [
+    "CallReminder",
+    "ReminderPlacement",
+    "add_reminder",
+    "create_with_followups",
+    "reminder_block",
+    "reminder_for_call",
+    "run_tool_uses",
+    "tool_params",
+]
+
+
+def reminder_block(text: str) -> TextBlockParam:
+    """The reminder as a Messages API text block, for a user turn."""
+    return {"type": "text", "text": text}
+
+
+class ReminderPlacement:
+    """Where :func:`add_reminder` put a reminder in a message list, so it can be taken out again.
+
+    ``turn`` is the user turn that carries the reminder block: either a turn appended to the
+    list, or a copy of the caller's last user turn that replaced it (the caller's own message
+    and content objects are never modified).
+    """
+
+    __slots__ = ("messages", "replaced", "turn")
+
+    def __init__(self, messages: list[MessageParam], turn: MessageParam, replaced: MessageParam | None) -> None:
+        self.messages = messages
+        self.turn = turn
+        self.replaced = replaced
+
+    def remove(self) -> bool:
+        """Take the reminder out of the list: drop the appended turn, or put the caller's
+        original turn back in place of the copy. The turn is found by identity, so messages
+        added to the list since do not confuse it. Returns False if the turn is no longer in
+        the list (already removed, or the caller took it out). Never suspends; call it from
+        the code that owns the list."""
+        for index in range(len(self.messages) - 1, -1, -1):
+            if self.messages[index] is self.turn:
+                if self.replaced is None:
+                    del self.messages[index]
+                else:
+                    self.messages[index] = self.replaced
+                return True
+        return False
+
+
+def add_reminder(messages: list[MessageParam], text: str) -> ReminderPlacement:
+    """Put ``text`` into ``messages`` as a text block in a user turn, and say where.
+
+    If the last message is a user turn (for instance the one carrying the ``tool_result``
+    blocks that answer the model's ``tool_use``), the block is added to it as its last block:
+    the API requires a user turn's ``tool_result`` blocks to come before any other content, and
+    one user turn is what the API expects between two assistant turns. Otherwise (an empty
+    list, or an assistant or system message last) a new user turn with the block is appended.
+
+    The caller's last turn is replaced by a copy, never changed in place. If its content was a
+    one-shot iterable, it is read once into a list, and removing the reminder restores the turn
+    with that list.
+
+    Raises :class:`TypeError` if the last message is not a mapping with a ``role``, or is a
+    user turn without ``content``.
+    """
+    block = reminder_block(text)
+    if messages:
+        last = messages[-1]
+        if not isinstance(last, Mapping) or "role" not in last:
+            raise TypeError(f"the last message must be a MessageParam dict with a 'role', got {last!r}")
+        if last["role"] == "user":
+            if "content" not in last:
+                raise TypeError(f"the last user message has no 'content': {last!r}")
+            content = last["content"]
+            original = last
+            if isinstance(content, str):
+                existing: list[Any] = [reminder_block(content)] if content else []
+            else:
+                existing = list(content)
+                if not isinstance(content, Sequence):
+                    original = cast(UserMessageParam, {**last, "content": existing})
+            turn = cast(UserMessageParam, {**last, "content": [*existing, block]})
+            messages[-1] = turn
+            return ReminderPlacement(messages, turn, original)
+    new_turn: UserMessageParam = {"role": "user", "content": [block]}
+    messages.append(new_turn)
+    return ReminderPlacement(messages, new_turn, None)
+
+
+class CallReminder:
+    """The reminder riding in one ``client.messages.create(...)`` call: the unsettled delivery
+    (:class:`followups.ReminderDelivery`) and its placement in the caller's message list.
+
+    Used as ``with reminder_for_call(store, messages):`` around the model call, leaving the
+    block normally confirms the delivery, and leaving it by an exception or a cancellation
+    removes the reminder from ``messages`` and gives the notifications back to the front of
+    the store's queue, for the next call. Put only the model call inside the block: whatever
+    raises there counts as a failed delivery. Without ``with``, call :meth:`confirm` or
+    :meth:`give_back` yourself. Both are idempotent; the first one decides.
+
+    When nothing was pending, ``delivery`` and ``placement`` are None and settling does
+    nothing. Not thread-safe with respect to ``messages``: settle it on the thread that owns
+    the list (the delivery itself may be settled from any thread).
+    """
+
+    __slots__ = ("delivery", "placement")
+
+    def __init__(self, delivery: ReminderDelivery | None, placement: ReminderPlacement | None) -> None:
+        self.delivery = delivery
+        self.placement = placement
+
+    @property
+    def text(self) -> str | None:
+        """The reminder text placed in the messages, or None when nothing was pending."""
+        return None if self.delivery is None else self.delivery.text
+
+    @property
+    def task_ids(self) -> tuple[str, ...]:
+        """The ids of the tasks the reminder reports on; empty when nothing was pending."""
+        return () if self.delivery is None else self.delivery.task_ids
+
+    def confirm(self) -> None:
+        """The call succeeded: the reminder stays in the messages and is delivered for good."""
+        if self.delivery is not None:
+            self.delivery.confirm()
+
+    def give_back(self) -> int:
+        """The call failed: take the reminder out of the messages and put its notifications
+        back at the front of the store's queue. Returns how many went back; 0 when nothing
+        was pending or the delivery was already settled (the messages are then left alone)."""
+        if self.delivery is None or self.delivery.settled or self.placement is None:
+            return 0
+        self.placement.remove()
+        return self.delivery.give_back()
+
+    def __enter__(self) -> CallReminder:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        if exc_type is None:
+            self.confirm()
+        else:
+            self.give_back()
+
+
+def reminder_for_call(
+    store: BackgroundStore, messages: list[MessageParam], renderer: ReminderRenderer | None = None
+) -> CallReminder:
+    """Drain ``store`` and place the reminder in ``messages`` (see :func:`add_reminder`) for
+    the model call about to be made with them; settle the result (see :class:`CallReminder`).
+
+    The reminder is the standalone ``followup.j2`` form within the store's
+    ``reminder_budget_chars``; what does not fit stays pending. ``renderer`` defaults to the
+    store's. Never suspends, so no cancellation can come between the drain and the placement.
+    If the placement raises (a malformed last message), the notifications go back before the
+    error propagates.
+    """
+    delivery = take_followup(store, renderer)
+    if delivery is None:
+        return CallReminder(None, None)
+    try:
+        placement = add_reminder(messages, delivery.text)
+    except BaseException:
+        delivery.give_back()
+        raise
+    return CallReminder(delivery, placement)
+
+
+async def create_with_followups(
+    client: AsyncAnthropic,
+    store: BackgroundStore,
+    *,
+    messages: list[MessageParam],
+    renderer: ReminderRenderer | None = None,
+    **params: Any,
+) -> Message:
+    """``await client.messages.create(messages=messages, **params)`` inside
+    :func:`reminder_for_call`: pending results ride in ``messages`` (which keeps the reminder on
+    success), and a call that raises or is cancelled leaves ``messages`` as it was and the
+    notifications pending.
+
+    Call it from the event loop that owns ``client``, under trio or asyncio. Streaming is not
+    supported here, since the delivery would be confirmed before the stream is read; for
+    ``stream=True``, use ``with reminder_for_call(...)`` around both the call and the reading.
+    """
+    if params.get("stream"):
+        raise ValueError(
+            "create_with_followups does not stream; wrap your streaming call and its reading in "
+            "`with reminder_for_call(store, messages):` instead"
+        )
+    with reminder_for_call(store, messages, renderer):
+        message: Message = await client.messages.create(messages=messages, **params)
+    return message
+
+
+def tool_params(tools: Iterable[Tool]) -> list[ToolParam]:
+    """``tools`` (such as :func:`followups.task_tools`) as the Messages API's ``ToolParam``s:
+    the same names, descriptions and JSON schemas (:meth:`followups.Tool.spec` has the API's
+    ``name`` / ``description`` / ``input_schema`` shape)."""
+    return [cast(ToolParam, tool.spec()) for tool in tools]
+
+
+async def run_tool_uses(
+    tools: Iterable[Tool], response: Message | Iterable[ContentBlock]
+) -> list[ToolResultBlockParam]:
+    """Run every ``tool_use`` block of ``response`` (a ``Message`` or its ``content``) and
+    return one ``tool_result`` block for each, in the same order, for the next user turn.
+
+    Await it on the event loop thread (trio or asyncio) that entered the ``SubagentPool``:
+    synchronous handlers, such as the ``task`` tool's, run inline there in the model's order,
+    so ``pool.spawn`` works and the pool's cap holds; async handlers run concurrently. Nothing
+    a tool does fails the loop: an unknown tool name, arguments that do not validate, or a
+    handler that raises an ``Exception`` become ``is_error`` results that tell the model what
+    went wrong. Cancelling the await cancels running async handlers.
+
+    Raises :class:`ValueError` if two tools share a name.
+    """
+    by_name: dict[str, Tool] = {}
+    for tool in tools:
+        if tool.name in by_name:
+            raise ValueError(f"two tools are named {tool.name!r}; tool names must be unique")
+        by_name[tool.name] = tool
+    content = response.content if isinstance(response, Message) else response
+    uses = [block for block in content if isinstance(block, ToolUseBlock)]
+    results: list[ToolResultBlockParam | None] = [None] * len(uses)
+
+    async def run_one(index: int, use: ToolUseBlock) -> None:
+        outcome = await _tool_outcome(by_name, use)
+        results[index] = {
+            "type": "tool_result",
+            "tool_use_id": use.id,
+            "content": outcome.content,
+            "is_error": outcome.is_error,
+        }
+
+    async with anyio.create_task_group() as group:
+        for index, use in enumerate(uses):
+            used_tool = by_name.get(use.name)
+            if used_tool is not None and used_tool.is_async:
+                group.start_soon(run_one, index, use)
+            else:
+                await run_one(index, use)
+    return [result for result in results if result is not None]  # all filled once the group has exited
+
+
+async def _tool_outcome(by_name: Mapping[str, Tool], use: ToolUseBlock) -> ToolOutcome:
+    tool = by_name.get(use.name)
+    if tool is None:
+        known = ", ".join(by_name) or "none"
+        return ToolOutcome(f"Unknown tool {use.name!r}; the tools are: {known}.", is_error=True)
+    return await tool.invoke(use.input)
