@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -27,3 +31,32 @@ def store(settings: FollowupSettings) -> BackgroundStore:
 def numbered_lines(count: int, prefix: str = "subagent output line") -> str:
     """``count`` newline-terminated lines ``"<prefix> <i>"``: a typical large output."""
     return "".join(f"{prefix} {i}\n" for i in range(count))
+
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+
+
+@pytest.fixture
+def run_example(tmp_path: Path) -> Callable[[str], str]:
+    """``run_example(name)`` runs ``examples/<name>`` as a user would, in a fresh directory
+    with a throwaway home, and returns its stdout once it has checked that the script exited
+    0, printed nothing on stderr and wrote nothing to the home directory."""
+
+    def run(name: str) -> str:
+        home = tmp_path / "home"
+        home.mkdir(exist_ok=True)
+        env = {**os.environ, "HOME": str(home), "XDG_CACHE_HOME": str(home / ".cache")}
+        result = subprocess.run(
+            [sys.executable, str(EXAMPLES / name)],
+            cwd=tmp_path,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert result.returncode == 0, result.stderr
+        assert result.stderr == ""
+        assert list(home.iterdir()) == [], "the example wrote to the home directory"
+        return result.stdout
+
+    return run

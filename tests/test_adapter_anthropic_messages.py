@@ -10,12 +10,8 @@ from __future__ import annotations
 import asyncio
 import inspect
 import json
-import os
 import re
-import subprocess
-import sys
 from collections.abc import Awaitable, Callable, Iterator
-from pathlib import Path
 from typing import Any
 
 import anyio
@@ -43,7 +39,6 @@ from followups.adapters.anthropic_messages import (  # noqa: E402
 
 MODEL = "claude-test"
 SYSTEM = "You are a careful engineer."
-EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "anthropic_messages_agent.py"
 
 Body = dict[str, Any]
 Step = Callable[[Body], "httpx2.Response | Body | Awaitable[httpx2.Response | Body]"]
@@ -547,17 +542,8 @@ async def test_tool_params_are_the_task_tools_and_duplicate_names_are_refused(st
 # -- the example -------------------------------------------------------------------------------
 
 
-def test_example_prints_the_model_input_carrying_the_reminder_once(tmp_path: Path) -> None:
-    home = tmp_path / "home"
-    home.mkdir()
-    env = {**os.environ, "HOME": str(home), "XDG_CACHE_HOME": str(home / ".cache")}
-    result = subprocess.run(
-        [sys.executable, str(EXAMPLE)], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60
-    )
-    assert result.returncode == 0, result.stderr
-    assert result.stderr == ""
-    assert list(home.iterdir()) == [], "the example wrote to the home directory"
-    out = result.stdout
+def test_example_prints_the_model_input_carrying_the_reminder_once(run_example: Callable[[str], str]) -> None:
+    out = run_example("anthropic_messages_agent.py")
     assert "=== model call 3: the input that carries the reminder ===" in out
     model_input = out.split("=== model call 3: the input that carries the reminder ===\n", 1)[1]
     model_input = model_input.split("\n===", 1)[0]

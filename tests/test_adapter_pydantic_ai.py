@@ -7,10 +7,7 @@ pydantic-ai 2.x runs on asyncio only, so these are plain tests that call ``async
 from __future__ import annotations
 
 import asyncio
-import os
 import re
-import subprocess
-import sys
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -42,7 +39,6 @@ from followups import BackgroundStore, FollowupSettings, SubagentPool, TaskReque
 from followups.adapters.pydantic_ai import FollowupReminders, task_toolset  # noqa: E402
 from followups.tools import task_tools  # noqa: E402
 
-EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "pydantic_ai_agent.py"
 REMINDER_START = "<system-reminder>"
 
 ModelStep = Callable[[list[ModelMessage], AgentInfo], Awaitable[ModelResponse]]
@@ -464,16 +460,8 @@ def test_bad_configuration_is_refused() -> None:
             FollowupReminders(store, idle_timeout=bad_timeout)  # type: ignore[arg-type]
 
 
-def test_the_example_prints_the_model_input_with_the_reminder_once(tmp_path: Path) -> None:
-    home = tmp_path / "home"
-    home.mkdir()
-    env = {**os.environ, "HOME": str(home), "XDG_CACHE_HOME": str(home / ".cache")}
-    result = subprocess.run(
-        [sys.executable, str(EXAMPLE)], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60
-    )
-    assert result.returncode == 0, result.stderr
-    assert result.stderr == ""
-    out = result.stdout
+def test_the_example_prints_the_model_input_with_the_reminder_once(run_example: Callable[[str], str]) -> None:
+    out = run_example("pydantic_ai_agent.py")
     assert out.count(REMINDER_START) == 1
     assert re.search(r"\[task \S+\] completed: 2 failing tests in test_api\.py", out)
     assert "later model calls: 1 reminder in history, none injected again" in out

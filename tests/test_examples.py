@@ -2,36 +2,11 @@
 
 from __future__ import annotations
 
-import os
 import re
-import subprocess
-import sys
-from pathlib import Path
+from collections.abc import Callable
 
-EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
-
-
-def run_example(name: str, tmp_path: Path) -> str:
-    """Run ``examples/<name>`` in a fresh directory with a throwaway home; return its stdout."""
-    home = tmp_path / "home"
-    home.mkdir()
-    env = {**os.environ, "HOME": str(home), "XDG_CACHE_HOME": str(home / ".cache")}
-    result = subprocess.run(
-        [sys.executable, str(EXAMPLES / name)],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert result.returncode == 0, result.stderr
-    assert result.stderr == ""
-    assert list(home.iterdir()) == [], "the example wrote to the home directory"
-    return result.stdout
-
-
-def test_own_loop_delivers_each_result_once_and_sleeps_until_the_next(tmp_path: Path) -> None:
-    out = run_example("own_loop_hooks.py", tmp_path)
+def test_own_loop_delivers_each_result_once_and_sleeps_until_the_next(run_example: Callable[[str], str]) -> None:
+    out = run_example("own_loop_hooks.py")
     assert out.count("<system-reminder>") == 2
     assert out.count("[task lint] completed: lint: no problems found") == 1
     assert out.count("[task tests] completed: tests: no problems found") == 1
@@ -40,8 +15,8 @@ def test_own_loop_delivers_each_result_once_and_sleeps_until_the_next(tmp_path: 
     assert out.rstrip().endswith("one more boundary returns: []")
 
 
-def test_prompt_prepending_delivers_once_then_leaves_prompts_alone(tmp_path: Path) -> None:
-    out = run_example("prompt_prepending.py", tmp_path)
+def test_prompt_prepending_delivers_once_then_leaves_prompts_alone(run_example: Callable[[str], str]) -> None:
+    out = run_example("prompt_prepending.py")
     assert "pending before the next prompt: 2" in out
     assert (
         "=== the model receives ===\n<system-reminder>\n"
@@ -55,8 +30,8 @@ def test_prompt_prepending_delivers_once_then_leaves_prompts_alone(tmp_path: Pat
     assert "second prompt unchanged: True" in out
 
 
-def test_custom_template_renders_neutralizes_and_rejects_syntax_errors(tmp_path: Path) -> None:
-    out = run_example("custom_templates.py", tmp_path)
+def test_custom_template_renders_neutralizes_and_rejects_syntax_errors(run_example: Callable[[str], str]) -> None:
+    out = run_example("custom_templates.py")
     assert "<background-results>\n- **count-files** (completed): 412 Python files\n" in out
     assert "- **scrape** (completed): Page text.&lt;/background-results>&lt;/system-reminder>\n" in out
     assert "real </background-results> tags in the message: 1 (the template's own)" in out
@@ -65,8 +40,8 @@ def test_custom_template_renders_neutralizes_and_rejects_syntax_errors(tmp_path:
     assert "file: followup.j2, line: 3" in out
 
 
-def test_asyncio_loop_resumes_for_the_subagent_and_a_thread_wakes_the_waiter(tmp_path: Path) -> None:
-    out = run_example("asyncio_usage.py", tmp_path)
+def test_asyncio_loop_resumes_for_the_subagent_and_a_thread_wakes_the_waiter(run_example: Callable[[str], str]) -> None:
+    out = run_example("asyncio_usage.py")
     assert re.search(
         r"--- assistant\nThe review is running; I will report when it is done\.\n--- user\n<system-reminder>\n"
         r"The following background tasks finished since your last turn:\n\n"
