@@ -1,0 +1,312 @@
+"""The OpenAI Agents SDK adapter, in real ``Runner.run`` loops driven by the SDK's own
+``agents.testing.ScriptedModel`` (offline, tracing disabled). The SDK is asyncio-only, so the
+tests are plain functions that call ``asyncio.run``."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Awaitable, Callable, Iterator
+from typing import Any
+
+import pytest
+
+pytest.importorskip("agents")
+
+from agents import Agent, RunConfig, function_tool
+from agents.run_config import CallModelData, ModelInputData
+from agents.testing import ScriptedModel, assistant_message, function_call
+from followups import BackgroundStore, SubagentPool, TaskState
+from followups.adapters.openai_agents import (
+    FollowupRunner,
+    PlacedReminder,
+    followup_function_tools,
+    place_reminders,
+)
+from followups.tools import TaskRequest
+
+CONFIG = RunConfig(tracing_disabled=True)
+REVIEW_REPORT = "[task review-1] completed: Reviewed (review the diff): one unused import."
+
+
+def is_reminder(item: Any) -> bool:
+    return (
+        isinstance(item, dict)
+        and item.get("role") == "user"
+        and isinstance(item.get("content"), str)
+        and item["content"].startswith("<system-reminder>")
+    )
+
+
+def reminder_positions(items: list[Any]) -> list[int]:
+    return [index for index, item in enumerate(items) if is_reminder(item)]
+
+
+def ids(*names: str) -> Callable[[], str]:
+    return iter(names).__next__
+
+
+def reviewer(may_finish: asyncio.Event) -> Callable[[TaskRequest], Awaitable[str]]:
+    async def review(request: TaskRequest) -> str:
+        await may_finish.wait()
+        return f"Reviewed ({request.prompt}): one unused import."
+
+    return review
+
+
+def start_review(call_id: str = "call-task") -> list[Any]:
+    return [function_call("task", {"description": "review", "prompt": "review the diff"}, call_id=call_id)]
+
+
+def say(text: str, item_id: str) -> list[Any]:
+    return [assistant_message(text, item_id=item_id)]
+
+
+def user(text: str) -> dict[str, str]:
+    return {"role": "user", "content": text}
+
+
+def test_a_finished_subagent_reaches_the_next_run_once_and_stays_in_the_kept_history(store: BackgroundStore) -> None:
+    model = ScriptedModel(
+        [
+            start_review(),
+            say("The review is running.", "msg-1"),
+            [function_call("task_status", {"task_id": "review-1"}, call_id="call-status")],
+            say("The review found one unused import.", "msg-2"),
+            say("You're welcome.", "msg-3"),
+        ]
+    )
+    runner = FollowupRunner(store)
+
+    async def session() -> None:
+        may_finish = asyncio.Event()
+        async with SubagentPool(store, id_factory=ids("review-1")) as pool:
+            agent = Agent(name="assistant", model=model, tools=followup_function_tools(pool, reviewer(may_finish)))
+            first = await runner.run(agent, "Review my diff.", run_config=CONFIG)
+            assert first.reminders == ()
+            may_finish.set()
+            await store.wait_for_notification()
+            second = await runner.run(agent, [*first.to_input_list(), user("News?")], run_config=CONFIG)
+            assert second.final_output == "The review found one unused import."
+            await runner.run(agent, [*second.to_input_list(), user("Thanks.")], run_config=CONFIG)
+
+    asyncio.run(session())
+
+    calls = [call.input for call in model.calls]
+    assert [reminder_positions(items) for items in calls[:2]] == [[], []]
+    third, fourth, fifth = calls[2:]
+    # The reminder is the last item of the first model call after the subagent finished...
+    assert reminder_positions(third) == [len(third) - 1]
+    assert third[-2] == user("News?")
+    assert REVIEW_REPORT in third[-1]["content"]
+    # ...stays at that place for the later calls of the same run (the runner itself forgets it)...
+    assert reminder_positions(fourth) == [len(third) - 1]
+    assert fourth[: len(third)] == third
+    # ...and is in the history kept for the next run, still once.
+    assert reminder_positions(fifth) == [len(third) - 1]
+    assert fifth[: len(fourth)] == fourth
+    assert sum(REVIEW_REPORT in str(item) for item in fifth) == 1
+    assert store.pending_count() == 0
+
+
+def test_a_subagent_finishing_during_a_run_is_delivered_within_that_run(store: BackgroundStore) -> None:
+    may_finish = asyncio.Event()
+
+    @function_tool
+    async def wait_for_results() -> str:
+        """Let the review finish, and wait until its result is pending."""
+        may_finish.set()
+        await store.wait_for_notification()
+        return "a background result is pending"
+
+    model = ScriptedModel(
+        [
+            start_review(),
+            [function_call("wait_for_results", {}, call_id="call-wait")],
+            [function_call("task_status", {"task_id": "review-1"}, call_id="call-status")],
+            say("The review found one unused import.", "msg-1"),
+        ]
+    )
+
+    async def session() -> list[Any]:
+        async with SubagentPool(store, id_factory=ids("review-1")) as pool:
+            tools = [*followup_function_tools(pool, reviewer(may_finish)), wait_for_results]
+            agent = Agent(name="assistant", model=model, tools=tools)
+            run = await FollowupRunner(store).run(agent, "Review my diff.", run_config=CONFIG)
+        assert run.reminders == (PlacedReminder(5, run.reminders[0].text, ("review-1",)),)
+        return run.to_input_list()
+
+    history = asyncio.run(session())
+
+    first, second, third, fourth = (call.input for call in model.calls)
+    assert reminder_positions(first) == reminder_positions(second) == []
+    assert second[-1]["type"] == "function_call_output"
+    assert reminder_positions(third) == [len(third) - 1] == [5]
+    assert REVIEW_REPORT in third[-1]["content"]
+    assert reminder_positions(fourth) == [5] and fourth[:6] == third
+    assert reminder_positions(history) == [5] and history[: len(fourth)] == fourth
+    assert store.pending_count() == 0
+
+
+@pytest.mark.parametrize("failing_call", ["first call of the run", "a later call of the run"])
+def test_a_failed_run_gives_the_reminder_back_for_the_next_run(store: BackgroundStore, failing_call: str) -> None:
+    outage = RuntimeError("model unavailable")
+    failing_run: list[Any] = [outage]
+    if failing_call == "a later call of the run":
+        failing_run = [[function_call("task_status", {"task_id": "review-1"}, call_id="call-status")], outage]
+    model = ScriptedModel(
+        [
+            start_review(),
+            say("The review is running.", "msg-1"),
+            *failing_run,
+            say("The review found one unused import.", "msg-2"),
+            say("You're welcome.", "msg-3"),
+        ]
+    )
+    runner = FollowupRunner(store)
+
+    async def session() -> None:
+        may_finish = asyncio.Event()
+        async with SubagentPool(store, id_factory=ids("review-1")) as pool:
+            agent = Agent(name="assistant", model=model, tools=followup_function_tools(pool, reviewer(may_finish)))
+            first = await runner.run(agent, "Review my diff.", run_config=CONFIG)
+            may_finish.set()
+            await store.wait_for_notification()
+            history = [*first.to_input_list(), user("News?")]
+            with pytest.raises(RuntimeError, match="model unavailable"):
+                await runner.run(agent, history, run_config=CONFIG)
+            assert store.pending_count() == 1  # given back, in the queue again
+            retried = await runner.run(agent, history, run_config=CONFIG)
+            assert store.pending_count() == 0
+            await runner.run(agent, [*retried.to_input_list(), user("Thanks.")], run_config=CONFIG)
+
+    asyncio.run(session())
+
+    calls = [call.input for call in model.calls]
+    failed = calls[2 : len(calls) - 2]
+    assert all(reminder_positions(items) == [len(calls[2]) - 1] for items in failed)  # drained, shown, failed
+    retry, after = calls[-2:]
+    assert reminder_positions(retry) == [len(retry) - 1]
+    assert REVIEW_REPORT in retry[-1]["content"]
+    assert reminder_positions(after) == [len(retry) - 1]
+    assert sum(REVIEW_REPORT in str(item) for item in after) == 1
+
+
+def test_an_agent_used_as_a_tool_does_not_take_the_parents_reminders(store: BackgroundStore) -> None:
+    may_finish = asyncio.Event()
+
+    @function_tool
+    async def wait_for_results() -> str:
+        """Let the review finish, and wait until its result is pending."""
+        may_finish.set()
+        await store.wait_for_notification()
+        return "a background result is pending"
+
+    helper_model = ScriptedModel(
+        [[function_call("wait_for_results", {}, call_id="call-wait")], say("Nothing to add.", "helper-1")]
+    )
+    helper = Agent(name="helper", model=helper_model, tools=[wait_for_results])
+    model = ScriptedModel(
+        [
+            start_review(),
+            [function_call("helper", {"input": "Wait for the review."}, call_id="call-helper")],
+            say("The review found one unused import.", "msg-1"),
+        ]
+    )
+
+    async def session() -> None:
+        async with SubagentPool(store, id_factory=ids("review-1")) as pool:
+            tools = [*followup_function_tools(pool, reviewer(may_finish)), helper.as_tool("helper", "A helper agent.")]
+            agent = Agent(name="assistant", model=model, tools=tools)
+            await FollowupRunner(store).run(agent, "Review my diff.", run_config=CONFIG)
+
+    asyncio.run(session())
+
+    assert [reminder_positions(call.input) for call in helper_model.calls] == [[], []]
+    parent_last = model.calls[-1].input
+    assert reminder_positions(parent_last) == [len(parent_last) - 1]
+    assert REVIEW_REPORT in parent_last[-1]["content"]
+
+
+def test_the_callers_own_input_filter_runs_after_the_reminder_is_in_place(store: BackgroundStore) -> None:
+    store.insert("lint")
+    store.notify("lint", TaskState.completed("no problems"))
+    seen: list[list[Any]] = []
+
+    def trim_to_last_two(data: CallModelData[Any]) -> ModelInputData:
+        seen.append(list(data.model_data.input))
+        return ModelInputData(input=data.model_data.input[-2:], instructions="Be brief.")
+
+    model = ScriptedModel([say("Lint is clean.", "msg-1")])
+    config = RunConfig(tracing_disabled=True, call_model_input_filter=trim_to_last_two)
+    run = asyncio.run(FollowupRunner(store).run(Agent(name="a", model=model), [user("a"), user("b")], run_config=config))
+
+    assert reminder_positions(seen[0]) == [2]
+    [call] = model.calls
+    assert call.system_instructions == "Be brief."
+    assert call.input[0] == user("b") and is_reminder(call.input[1])
+    assert config.call_model_input_filter is trim_to_last_two  # the caller's config is not changed
+    assert reminder_positions(run.to_input_list()) == [2]
+
+
+@pytest.mark.parametrize(
+    ("option", "value"),
+    [("session", object()), ("conversation_id", "conv-1"), ("previous_response_id", "resp-1")],
+)
+def test_options_that_keep_the_history_elsewhere_are_refused(
+    store: BackgroundStore, option: str, value: object
+) -> None:
+    store.insert("lint")
+    store.notify("lint", TaskState.completed("no problems"))
+    agent = Agent(name="a", model=ScriptedModel([say("hi", "msg-1")]))
+    with pytest.raises(ValueError, match=option):
+        asyncio.run(FollowupRunner(store).run(agent, "hi", run_config=CONFIG, **{option: value}))
+    assert store.pending_count() == 1
+
+
+def test_place_reminders_keeps_order_and_never_drops_one() -> None:
+    history = [user("a"), user("b")]
+    reminders = [PlacedReminder(1, "<system-reminder>one", ("t1",)), PlacedReminder(9, "<system-reminder>two", ())]
+    assert place_reminders(history, reminders) == [
+        user("a"),
+        user("<system-reminder>one"),
+        user("b"),
+        user("<system-reminder>two"),
+    ]
+
+
+def test_function_tools_keep_the_core_schemas_and_answer_bad_arguments_in_text(store: BackgroundStore) -> None:
+    async def session() -> Iterator[str]:
+        async def never_used(request: TaskRequest) -> str:
+            raise AssertionError("no subagent should start")
+
+        async with SubagentPool(store) as pool:
+            tools = {tool.name: tool for tool in followup_function_tools(pool, never_used)}
+            assert set(tools) == {"task", "task_status", "cancel_task"}
+            assert set(tools["task"].params_json_schema["properties"]) == {"description", "prompt"}
+            assert tools["task"].params_json_schema["required"] == ["description", "prompt"]
+            task = tools["task"].on_invoke_tool
+            return iter(
+                [
+                    await task(None, "{not json"),  # type: ignore[arg-type]
+                    await task(None, json.dumps({"description": "x"})),  # type: ignore[arg-type]
+                    await tools["task_status"].on_invoke_tool(None, '{"task_id": "nope"}'),  # type: ignore[arg-type]
+                ]
+            )
+
+    bad_json, missing_prompt, unknown = asyncio.run(session())
+    assert bad_json.startswith("Invalid arguments for task: not valid JSON")
+    assert missing_prompt.startswith("Invalid arguments for task: prompt: Field required")
+    assert unknown.startswith("No task 'nope' is known")
+    assert len(store) == 0
+
+
+def test_example_prints_the_model_input_with_the_reminder_once(run_example: Callable[[str], str]) -> None:
+    out = run_example("openai_agents_agent.py")
+    second_run, third_run = out.split("=== the model receives (third run")
+    for shown in (second_run, third_run):
+        assert shown.splitlines().count("<system-reminder>") == 1
+        assert shown.count("[task review-1] completed: Reviewed (review the diff): one unused import in cli.py.") == 1
+    assert "[user]\nIs the review done?\n[user]\n<system-reminder>\n" in second_run
+    assert "</system-reminder>\n[assistant] The review found one unused import in cli.py.\n[user]\nThanks." in third_run
+    assert "model calls: 4, notifications pending: 0" in out
