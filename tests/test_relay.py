@@ -18,6 +18,7 @@ from hypothesis import given, settings, strategies as st
 import followups.relay as relay_module
 from followups.relay import OutputRelay, RelayOutcome
 from followups.settings import FollowupSettings
+from followups.truncation import count_lines
 
 TEMP_PREFIX = ".tmp-relay-"
 ELISION = re.compile(r"(\d+) lines elided")
@@ -94,6 +95,8 @@ def assert_unsaved(outcome: RelayOutcome, text: str, relay: OutputRelay, reason:
     assert reason in outcome.text
     assert outcome.text.startswith(text[:200])
     assert utf8_len(outcome.text) <= relay.settings.relay_inline_max_bytes
+    assert count_lines(outcome.text) <= relay.settings.relay_max_lines
+    assert relay.relay_if_large("task", outcome.text).text == outcome.text, "the fallback must be inline-sized"
     assert str(relay.settings.relay_dir) not in outcome.text
     assert TEMP_PREFIX not in outcome.text
     assert not [name for name in entries(relay.settings.relay_dir) if name.startswith(TEMP_PREFIX)]

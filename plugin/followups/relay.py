@@ -126,8 +126,10 @@ class OutputRelay:
         notice = self.renderer.render_relay_unsaved(lines=lines, size_bytes=size_bytes, error=reason)
         # room for head_cap's own marker, which names two character counts
         budget = self.settings.relay_inline_max_bytes - len(notice.encode("utf-8", "replace")) - 96
-        head = head_cap(text, len(cut_to_bytes(text, max(budget, 0))), "output")
-        return RelayOutcome(f"{head}\n{notice}", None, reason)
+        # and the line limit too, counting the marker's line and the notice's
+        line_room = max(self.settings.relay_max_lines - count_lines(notice) - 1, 0)
+        keep = min(len(cut_to_bytes(text, max(budget, 0))), _end_of_first_lines(text, line_room))
+        return RelayOutcome(f"{head_cap(text, keep, 'output')}\n{notice}", None, reason)
 
     def _write(self, label: str, data: bytes, *, count_while_writing: str | None) -> tuple[Path, int | None]:
         """Save ``data`` to a new file. Returns its path and, for a large ``data``, the line
@@ -237,6 +239,17 @@ class _BackgroundWrite:
         self._thread.join()
         if self._error is not None:
             raise self._error
+
+
+def _end_of_first_lines(text: str, count: int) -> int:
+    """The length of the first ``count`` lines of ``text``, newlines included."""
+    end = 0
+    for _ in range(count):
+        newline = text.find("\n", end)
+        if newline < 0:
+            return len(text)
+        end = newline + 1
+    return end
 
 
 def _safe_label(label: str) -> str:
