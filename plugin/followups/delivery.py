@@ -86,6 +86,11 @@ class ReminderDelivery:
         return f"ReminderDelivery(task_ids={self.task_ids!r}, {state})"
 
 
+def renderer_for(store: BackgroundStore, renderer: ReminderRenderer | None) -> ReminderRenderer:
+    """The given renderer, else the one the store's relay already compiled for its settings."""
+    return renderer if renderer is not None else store.relay.renderer
+
+
 def take_delivery(
     store: BackgroundStore, fit: Callable[[Sequence[TaskNotification]], RenderedReminder]
 ) -> ReminderDelivery | None:
@@ -114,6 +119,6 @@ def take_followup(store: BackgroundStore, renderer: ReminderRenderer | None = No
 
     ``renderer`` defaults to the one the store's relay compiled for its settings.
     """
-    render = renderer if renderer is not None else store.relay.renderer
+    render = renderer_for(store, renderer)
     budget = store.settings.reminder_budget_chars
     return take_delivery(store, lambda batch: render.fit_followup(batch, budget))

@@ -8,7 +8,7 @@ from typing import Any, Literal, Protocol
 
 from pydantic import BaseModel, ConfigDict
 
-from .delivery import take_delivery
+from .delivery import renderer_for, take_delivery, take_followup
 from .reminders import RenderedReminder, ReminderRenderer
 from .state import TaskNotification
 from .store import BackgroundStore
@@ -43,11 +43,6 @@ class HookRegistry(Protocol):
     def register_hook(self, name: str, hook: Callable[..., Any]) -> None: ...
 
 
-def _renderer_for(store: BackgroundStore, renderer: ReminderRenderer | None) -> ReminderRenderer:
-    """The given renderer, else the one the store's relay already compiled for its settings."""
-    return renderer if renderer is not None else store.relay.renderer
-
-
 def take_reminder(
     store: BackgroundStore, fit: Callable[[Sequence[TaskNotification]], RenderedReminder]
 ) -> str | None:
@@ -69,12 +64,14 @@ def followup_from_store(store: BackgroundStore, renderer: ReminderRenderer | Non
     """The ``get_followup_messages`` hook: ``await hook()`` drains the store and returns one
     batched :class:`UserMessage` (within ``settings.reminder_budget_chars``), or ``[]`` when
     nothing is pending. Never suspends, so a cancelled caller cannot lose a drained batch."""
-    render = _renderer_for(store, renderer)
-    budget = store.settings.reminder_budget_chars
+    render = renderer_for(store, renderer)
 
     async def get_followup_messages() -> list[UserMessage]:
-        text = take_reminder(store, lambda batch: render.fit_followup(batch, budget))
-        return [] if text is None else [UserMessage(content=text)]
+        delivery = take_followup(store, render)
+        if delivery is None:
+            return []
+        delivery.confirm()
+        return [UserMessage(content=delivery.text)]
 
     return get_followup_messages
 
@@ -86,7 +83,7 @@ def prepend_pending_notifications(
     when ``store`` is None or nothing is pending."""
     if store is None:
         return prompt
-    render = _renderer_for(store, renderer)
+    render = renderer_for(store, renderer)
     budget = store.settings.reminder_budget_chars
     text = take_reminder(store, lambda batch: render.fit_prompt(batch, prompt, budget))
     return prompt if text is None else text
@@ -106,7 +103,7 @@ class FollowupPlugin:
 
     def __init__(self, store: BackgroundStore, renderer: ReminderRenderer | None = None) -> None:
         self.store = store
-        self.renderer = _renderer_for(store, renderer)
+        self.renderer = renderer_for(store, renderer)
         self._followup = followup_from_store(store, self.renderer)
 
     async def get_followup_messages(self) -> list[UserMessage]:
