@@ -28,11 +28,6 @@ def store(settings: FollowupSettings) -> BackgroundStore:
     return BackgroundStore(settings)
 
 
-def numbered_lines(count: int, prefix: str = "subagent output line") -> str:
-    """``count`` newline-terminated lines ``"<prefix> <i>"``: a typical large output."""
-    return "".join(f"{prefix} {i}\n" for i in range(count))
-
-
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 
 

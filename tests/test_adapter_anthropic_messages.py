@@ -208,7 +208,7 @@ def assert_spawn_then_resume(api: ScriptedMessagesAPI, store: BackgroundStore) -
     # the next call carries it once more only as history, at the same place
     assert reminders_in(api.requests[3]) == [(index, reminder)]
     assert api.requests[3]["messages"][-1] == {"role": "user", "content": "Thanks!"}
-    assert [tool["name"] for tool in api.requests[0]["tools"]] == ["task", "task_status", "cancel_task"]
+    assert [tool["name"] for tool in api.requests[0]["tools"]] == ["task", "task_status", "list_tasks", "cancel_task", "send_message"]
     assert api.requests[0]["tools"][0]["input_schema"]["required"] == ["description", "prompt"]
     assert not store.has_pending_notifications()
 
@@ -247,7 +247,7 @@ async def test_reminder_joins_the_tool_result_turn_after_the_results(store: Back
     assert last_turn["role"] == "user"
     tool_result, reminder = last_turn["content"]
     assert tool_result["type"] == "tool_result" and tool_result["tool_use_id"] == "toolu_2"
-    assert "completed:\nfound 3 TODOs" in tool_result["content"]
+    assert "completed after" in tool_result["content"] and ":\nfound 3 TODOs" in tool_result["content"]
     assert reminder["type"] == "text" and reminder["text"].startswith("<system-reminder>")
     assert "found 3 TODOs for: list TODO comments" in reminder["text"]
     assert len(api.requests[2]["messages"]) == len(messages) - 1  # the final reply is the only addition

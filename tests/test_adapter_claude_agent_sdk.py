@@ -462,7 +462,9 @@ async def test_options_keep_the_users_settings_and_add_hooks_tools_and_server(st
             "Read",
             "mcp__followups__task",
             "mcp__followups__task_status",
+            "mcp__followups__list_tasks",
             "mcp__followups__cancel_task",
+            "mcp__followups__send_message",
         ]
         assert options.hooks is not None and set(options.hooks) == set(REMINDER_EVENTS)
         assert options.hooks["PostToolUse"][0].hooks == [user_hook]

@@ -282,9 +282,9 @@ def test_function_tools_keep_the_core_schemas_and_answer_bad_arguments_in_text(s
 
         async with SubagentPool(store) as pool:
             tools = {tool.name: tool for tool in followup_function_tools(pool, never_used)}
-            assert set(tools) == {"task", "task_status", "cancel_task"}
-            assert set(tools["task"].params_json_schema["properties"]) == {"description", "prompt"}
-            assert tools["task"].params_json_schema["required"] == ["description", "prompt"]
+            assert set(tools) == {"task", "task_status", "list_tasks", "cancel_task", "send_message"}
+            assert set(tools["task"].params_json_schema["properties"]) == {"description", "prompt", "name"}
+            assert tools["task"].params_json_schema["required"] == ["description", "prompt", "name"]
             task = tools["task"].on_invoke_tool
             return iter(
                 [

@@ -438,7 +438,7 @@ def test_the_task_tools_keep_their_schemas_and_report_errors_to_the_model(store:
 
     specs = asyncio.run(main())
     offered = {tool.name: tool for tool in model.infos[0].function_tools}
-    assert set(offered) == {"task", "task_status", "cancel_task"}
+    assert set(offered) == {"task", "task_status", "list_tasks", "cancel_task", "send_message"}
     for name, spec in specs.items():
         assert offered[name].description == spec["description"]
         assert offered[name].parameters_json_schema == spec["input_schema"]

@@ -118,6 +118,7 @@ async def test_parallel_spawns_in_reject_mode_admit_exactly_the_cap(tmp_path: Pa
         assert len(admitted) == 4 and len(refused) == 46
         assert gate.peak == 4 and pool.running_count() == 4
         gate.release.set()
+        await settle()
     assert all(state_of(store, id).status is TaskStatus.COMPLETED for id in admitted)
 
 
@@ -404,7 +405,7 @@ async def test_explicit_task_id_must_not_be_live(tmp_path: Path) -> None:
     gate = Gate()
     async with SubagentPool(make_store(tmp_path)) as pool:
         assert pool.spawn(gate.subagent, "a", task_id="mine") == "mine"
-        with pytest.raises(ValueError, match="already running"):
+        with pytest.raises(ValueError, match="already in use by a live task"):
             pool.spawn(gate.subagent, "b", task_id="mine")
         gate.release.set()
         await settle()
@@ -416,11 +417,11 @@ async def test_spawn_outside_the_block_is_an_error(tmp_path: Path) -> None:
         return ""
 
     pool = SubagentPool(make_store(tmp_path))
-    with pytest.raises(RuntimeError, match="outside"):
+    with pytest.raises(RuntimeError, match="before entering its 'async with' block"):
         pool.spawn(fn)
     async with pool:
         pass
-    with pytest.raises(RuntimeError, match="outside"):
+    with pytest.raises(RuntimeError, match="after its 'async with' block ended"):
         pool.spawn(fn)
 
 
@@ -455,6 +456,7 @@ def test_spawns_from_many_threads_at_once_keep_the_cap(tmp_path: Path, backend: 
             await anyio.wait_all_tasks_blocked()
             running = pool.running_count()
             gate.release.set()
+            await anyio.wait_all_tasks_blocked()
         return gate.peak, running
 
     peak, running = anyio.run(main, backend=backend)
@@ -545,7 +547,7 @@ def test_spawn_from_a_thread_after_the_loop_finished_is_refused_clearly(tmp_path
     thread.start()
     thread.join()
     assert len(errors) == 1
-    assert "after its event loop finished" in str(errors[0])
+    assert "after its 'async with' block ended" in str(errors[0])
 
 
 @pytest.mark.parametrize("kwargs", [{"max_concurrent": 0}, {"max_concurrent": 33}, {"when_full": "drop"}, {"close": "never"}])
@@ -615,17 +617,17 @@ async def test_id_factory_names_tasks_and_ids_in_use_are_skipped(tmp_path: Path)
 async def test_a_large_result_is_relayed_off_the_loop_and_survives_closing_the_pool(tmp_path: Path) -> None:
     store = make_store(tmp_path)
     loop_thread = threading.get_ident()
-    notify_threads: list[int] = []
-    reporting, release = threading.Event(), threading.Event()
-    notify = store.notify
+    relay_threads: list[int] = []
+    relaying, release = threading.Event(), threading.Event()
+    relay = store.relay.relay_if_large
 
-    def slow_notify(id: str, state: TaskState) -> bool:
-        notify_threads.append(threading.get_ident())
-        reporting.set()
-        release.wait(timeout=30)  # bounded, so a report made on the loop thread fails instead of hanging
-        return notify(id, state)
+    def slow_relay(label: str, text: str) -> Any:
+        relay_threads.append(threading.get_ident())
+        relaying.set()
+        release.wait(timeout=30)  # bounded, so a relay made on the loop thread fails instead of hanging
+        return relay(label, text)
 
-    store.notify = slow_notify  # type: ignore[method-assign]
+    store.relay.relay_if_large = slow_relay  # type: ignore[method-assign]
     big = "subagent output line\n" * 50_000
 
     async def subagent() -> str:
@@ -638,31 +640,21 @@ async def test_a_large_result_is_relayed_off_the_loop_and_survives_closing_the_p
     async with trio.open_nursery() as nursery:
         async with SubagentPool(store) as pool:
             task_id = pool.spawn(subagent)
-            await trio.to_thread.run_sync(reporting.wait)
+            await trio.to_thread.run_sync(relaying.wait)
             nursery.start_soon(release_once_everything_waits)
         # Leaving the pool cancels what runs; a report already under way still lands.
-    assert notify_threads and loop_thread not in notify_threads
+    assert relay_threads and loop_thread not in relay_threads
     state = state_of(store, task_id)
     assert state.status is TaskStatus.COMPLETED
     assert "[Full output: 50000 lines" in state.text
     assert [n.id for n in store.drain_notifications()] == [task_id]
 
 
-async def test_a_queued_large_result_is_no_longer_live_and_has_freed_its_slot(tmp_path: Path) -> None:
+async def test_a_reported_result_is_no_longer_live_and_has_freed_its_slot(tmp_path: Path) -> None:
     # A loop that sees nothing pending and live_count() > 0 sleeps until the next notification:
     # if live_count lagged behind the notification it would sleep forever. And a model told of
     # the result may start another task at once: the slot must already be free.
     store = make_store(tmp_path)
-    notified, release = threading.Event(), threading.Event()
-    notify = store.notify
-
-    def notify_then_hold(id: str, state: TaskState) -> bool:
-        recorded = notify(id, state)
-        notified.set()
-        release.wait(timeout=30)
-        return recorded
-
-    store.notify = notify_then_hold  # type: ignore[method-assign]
 
     async def subagent() -> str:
         return "subagent output line\n" * 50_000
@@ -670,12 +662,9 @@ async def test_a_queued_large_result_is_no_longer_live_and_has_freed_its_slot(tm
     async def quick() -> str:
         return "ok"
 
-    async with SubagentPool(store, max_concurrent=1) as pool:
+    async with SubagentPool(store, max_concurrent=1, close="wait") as pool:
         pool.spawn(subagent)
-        await trio.to_thread.run_sync(notified.wait)
-        try:
-            assert store.has_pending_notifications()
-            assert pool.live_count() == 0
-            pool.spawn(quick)
-        finally:
-            release.set()
+        with trio.fail_after(10):
+            assert await store.wait_for_notification() is True
+        assert pool.live_count() == 0
+        pool.spawn(quick)

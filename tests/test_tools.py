@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -86,7 +87,8 @@ async def test_task_status_describes_each_stage(store: BackgroundStore) -> None:
         assert "is queued, waiting for a free subagent slot" in call(status, task_id=queued).content
         subagents.release.set()
         await trio.testing.wait_all_tasks_blocked()
-        assert call(status, task_id=running).content == f"Task {running} (first) completed:\nresult of first"
+        finished = call(status, task_id=running).content
+        assert re.fullmatch(rf"Task {running} \(first\) completed after \d+\.\d s:\nresult of first", finished)
         unknown = call(status, task_id="nope")
         assert unknown.is_error and "never existed" in unknown.content and "evicted" in unknown.content
 
@@ -95,7 +97,7 @@ async def test_task_status_shows_the_relayed_preview_not_the_whole_output(store:
     async with SubagentPool(store) as pool:
         tools = by_name(task_tools(pool, Subagents()))
         big = task_id_of(call(tools["task"], description="big", prompt="p"))
-        await trio.testing.wait_all_tasks_blocked()
+        assert await store.wait_for_notification() is True
         text = call(tools["task_status"], task_id=big).content
     assert "lines elided" in text and "`read`" in text
     assert len(text.encode()) < store.settings.relay_inline_max_bytes + 200
@@ -110,7 +112,7 @@ async def test_cancel_task_texts(store: BackgroundStore) -> None:
         assert call(cancel, task_id=queued).content == f"Task {queued} was cancelled before it started."
         assert "is being cancelled" in call(cancel, task_id=running).content
         await trio.testing.wait_all_tasks_blocked()
-        assert "already cancelled; there is nothing to cancel" in call(cancel, task_id=running).content
+        assert "is not running (current status: cancelled); there is nothing to cancel" in call(cancel, task_id=running).content
         assert call(cancel, task_id="ghost").is_error
 
 
@@ -126,7 +128,7 @@ async def test_invalid_arguments_name_the_field(store: BackgroundStore) -> None:
         outcome = tools["task"].parse({"description": ""})
         assert isinstance(outcome, ToolOutcome) and outcome.is_error
         assert "description" in outcome.content and "prompt" in outcome.content
-        assert tools["task"].spec()["input_schema"]["properties"].keys() == {"description", "prompt"}
+        assert tools["task"].spec()["input_schema"]["properties"].keys() == {"description", "prompt", "name"}
 
 
 class EchoArgs(TaskStatusArgs):

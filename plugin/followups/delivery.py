@@ -1,47 +1,74 @@
-"""``ReminderDelivery``: a reminder taken from the store whose delivery is not yet settled.
+"""``ReminderDelivery``: a reminder whose notifications are leased from the ledger until the
+delivery is settled.
 
-A framework adapter drains the store before the framework calls the model, but only learns
-later whether that call happened. The delivery token carries the rendered text and the
-notifications behind it until the adapter settles it: :meth:`ReminderDelivery.confirm` once
-the reminder reached the model (or the history the framework keeps),
-:meth:`ReminderDelivery.give_back` if it did not, which puts the notifications back at the
-front of the queue for the next boundary. Either way each notification is delivered once.
+A framework adapter takes the reminder before the framework calls the model, and only learns
+later whether that call happened. The notifications stay in the ledger meanwhile, leased:
+:meth:`ReminderDelivery.confirm` once the reminder reached the model (or the history the
+framework keeps), :meth:`ReminderDelivery.give_back` if it did not, which makes them pending
+again at their places. A delivery that is never settled (dropped, or held by a process that
+died) expires after ``settings.delivery_lease_seconds`` and its notifications come back by
+themselves. The lease can be settled by id from anywhere (:meth:`Session.settle`), so nothing
+unsettled lives only in this object.
 """
 
 from __future__ import annotations
 
+import functools
 import threading
 from collections.abc import Callable, Sequence
 from types import TracebackType
 
 from .reminders import RenderedReminder, ReminderRenderer
-from .state import TaskNotification
-from .store import BackgroundStore
+from .session import Session
+from .state import TaskNotification, TaskState
 
-__all__ = ["ReminderDelivery", "take_delivery", "take_followup"]
+__all__ = ["ReminderDelivery", "take_delivery", "take_followup", "take_prompt_reminder"]
 
 
 class ReminderDelivery:
-    """One rendered reminder and the notifications it carries, awaiting its outcome.
+    """One rendered reminder and the notifications its lease carries, awaiting its outcome.
 
     Settling is idempotent and thread-safe: the first :meth:`confirm` or :meth:`give_back`
     decides, from any thread, and later calls do nothing. Used as a context manager, the
     block's success confirms it and any exception (cancellation included) gives it back.
+    ``lease_id`` and ``notification_ids`` identify it in the ledger: attach the ids to the
+    message you inject, so a redelivery after a crash can be recognised
+    (:meth:`Session.acknowledge`).
     """
 
-    __slots__ = ("_lock", "_settled", "notifications", "store", "text")
+    __slots__ = ("_lock", "_settled", "expires_at", "lease_id", "notifications", "session", "text")
 
-    def __init__(self, store: BackgroundStore, text: str, notifications: Sequence[TaskNotification]) -> None:
-        self.store = store
+    def __init__(
+        self,
+        session: Session,
+        text: str,
+        notifications: Sequence[TaskNotification],
+        *,
+        lease_id: str,
+        expires_at: float,
+    ) -> None:
+        self.session = session
         self.text = text
         self.notifications: tuple[TaskNotification, ...] = tuple(notifications)
+        self.lease_id = lease_id
+        self.expires_at = expires_at
         self._lock = threading.Lock()
         self._settled = False
+
+    @property
+    def store(self) -> Session:
+        """The session the delivery was taken from (named ``store`` for older code)."""
+        return self.session
 
     @property
     def task_ids(self) -> tuple[str, ...]:
         """The ids of the tasks this reminder reports on, in order."""
         return tuple(notification.id for notification in self.notifications)
+
+    @property
+    def notification_ids(self) -> tuple[str, ...]:
+        """The stable ids of the notifications this reminder carries, in order."""
+        return tuple(notification.notification_id for notification in self.notifications)
 
     @property
     def settled(self) -> bool:
@@ -55,17 +82,19 @@ class ReminderDelivery:
             self._settled = True
             return True
 
-    def confirm(self) -> None:
-        """The reminder reached the model: its notifications are delivered for good."""
-        self._settle()
-
-    def give_back(self) -> int:
-        """The reminder never reached the model: put its notifications back at the front of
-        the store's queue (see :meth:`BackgroundStore.restore_notifications`). Returns how
-        many went back; 0 if the delivery was already settled."""
+    def confirm(self) -> int:
+        """The reminder reached the model: its notifications are delivered for good (except one
+        re-reported since, which stays pending with its newer state). Returns how many."""
         if not self._settle():
             return 0
-        return self.store.restore_notifications(self.notifications)
+        return self.session.settle(self.lease_id, delivered=True)
+
+    def give_back(self) -> int:
+        """The reminder never reached the model: its notifications are pending again, at their
+        places in finish order. Returns how many; 0 if the delivery was already settled."""
+        if not self._settle():
+            return 0
+        return self.session.settle(self.lease_id, delivered=False)
 
     def __enter__(self) -> ReminderDelivery:
         return self
@@ -83,42 +112,101 @@ class ReminderDelivery:
 
     def __repr__(self) -> str:
         state = "settled" if self._settled else "unsettled"
-        return f"ReminderDelivery(task_ids={self.task_ids!r}, {state})"
+        return f"ReminderDelivery(lease_id={self.lease_id!r}, task_ids={self.task_ids!r}, {state})"
 
 
-def renderer_for(store: BackgroundStore, renderer: ReminderRenderer | None) -> ReminderRenderer:
-    """The given renderer, else the one the store's relay already compiled for its settings."""
-    return renderer if renderer is not None else store.relay.renderer
+def renderer_for(session: Session, renderer: ReminderRenderer | None) -> ReminderRenderer:
+    """The given renderer, else the one the store compiled for its settings."""
+    return renderer if renderer is not None else session.renderer
 
 
 def take_delivery(
-    store: BackgroundStore, fit: Callable[[Sequence[TaskNotification]], RenderedReminder]
+    session: Session,
+    fit: Callable[[Sequence[TaskNotification]], RenderedReminder],
+    *,
+    max_chars: int | None = None,
+    item_overhead: int = 0,
 ) -> ReminderDelivery | None:
-    """Drain ``store`` and render what fits with ``fit`` into an unsettled delivery.
+    """Lease the pending notifications that fit ``max_chars`` (see :meth:`Session.lease`) and
+    render what fits with ``fit`` into an unsettled delivery.
 
-    Returns None when nothing is pending. The notifications ``fit`` does not carry go back to
-    the front of the queue at once; if ``fit`` raises, all of them do before the error
-    propagates. Never suspends, so it is safe from any thread or event loop.
+    Returns None when nothing is pending. The leased notifications ``fit`` does not carry are
+    given back at once; if ``fit`` raises, all of them are, before the error propagates. Never
+    suspends, so it is safe from any thread or event loop; its cost grows with what is
+    delivered, not with the backlog.
     """
-    drained = store.drain_notifications()
-    if not drained:
+    return _deliver(session, lambda batch, more: fit(batch), max_chars=max_chars, item_overhead=item_overhead)
+
+
+def _deliver(
+    session: Session,
+    fit: Callable[[Sequence[TaskNotification], int], RenderedReminder],
+    *,
+    max_chars: int | None,
+    item_overhead: int,
+) -> ReminderDelivery | None:
+    """:func:`take_delivery`, with ``fit`` also told how many notifications stay pending."""
+    lease = session.lease(max_chars=max_chars, item_overhead=item_overhead)
+    if lease is None:
         return None
+    notifications = lease.notifications
     try:
-        rendered = fit(drained)
+        rendered = fit(notifications, lease.remaining)
     except BaseException:
-        store.restore_notifications(drained)
+        session.settle(lease.id, delivered=False)
         raise
-    if rendered.delivered < len(drained):
-        store.restore_notifications(drained[rendered.delivered :])
-    return ReminderDelivery(store, rendered.text, drained[: rendered.delivered])
+    if rendered.delivered < len(notifications):
+        rest = {notification.notification_id for notification in notifications[rendered.delivered :]}
+        session.settle(lease.id, delivered=False, only=rest)
+    return ReminderDelivery(
+        session,
+        rendered.text,
+        notifications[: rendered.delivered],
+        lease_id=lease.id,
+        expires_at=lease.expires_at,
+    )
 
 
-def take_followup(store: BackgroundStore, renderer: ReminderRenderer | None = None) -> ReminderDelivery | None:
+def take_followup(session: Session, renderer: ReminderRenderer | None = None) -> ReminderDelivery | None:
     """The standalone reminder for a user-role turn (the ``followup.j2`` form, within
     ``settings.reminder_budget_chars``), as an unsettled delivery; None when nothing is pending.
 
-    ``renderer`` defaults to the one the store's relay compiled for its settings.
+    ``renderer`` defaults to the one the store compiled for its settings.
     """
-    render = renderer_for(store, renderer)
-    budget = store.settings.reminder_budget_chars
-    return take_delivery(store, lambda batch: render.fit_followup(batch, budget))
+    render = renderer_for(session, renderer)
+    budget = session.settings.reminder_budget_chars
+    return _deliver(
+        session,
+        lambda batch, more: render.fit_followup(batch, budget, more=more),
+        max_chars=budget,
+        item_overhead=followup_item_overhead(render),
+    )
+
+
+def take_prompt_reminder(session: Session, prompt: str, renderer: ReminderRenderer | None = None) -> ReminderDelivery | None:
+    """The reminder prepended to ``prompt`` (the ``prompt.j2`` form, the prompt included in the
+    text), as an unsettled delivery; None when nothing is pending."""
+    render = renderer_for(session, renderer)
+    budget = session.settings.reminder_budget_chars
+    return _deliver(
+        session,
+        lambda batch, more: render.fit_prompt(batch, prompt, budget, more=more),
+        max_chars=budget,
+        item_overhead=prompt_item_overhead(render),
+    )
+
+
+@functools.lru_cache(maxsize=64)
+def followup_item_overhead(renderer: ReminderRenderer) -> int:
+    """What one more task adds to a follow-up reminder beyond its id and text, measured once per
+    renderer (the lease uses it to take only what fits the budget)."""
+    one = [TaskNotification("", TaskState.completed(""))]
+    two = one * 2
+    return max(0, len(renderer.render_followup(two)) - len(renderer.render_followup(one)))
+
+
+@functools.lru_cache(maxsize=64)
+def prompt_item_overhead(renderer: ReminderRenderer) -> int:
+    """:func:`followup_item_overhead` for the prepended form."""
+    one = [TaskNotification("", TaskState.completed(""))]
+    return max(0, len(renderer.render_prompt(one * 2, "")) - len(renderer.render_prompt(one, "")))

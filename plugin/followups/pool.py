@@ -1,96 +1,117 @@
-"""``SubagentPool``: run subagents in the background, never more than ``max_concurrent`` at once,
-and report each one's outcome to the :class:`BackgroundStore`. anyio: trio or asyncio."""
+"""``SubagentPool``: run a session's subagents in the background on anyio (trio or asyncio),
+never more than ``max_concurrent`` at once, and report each one's outcome to the ledger.
+
+The pool keeps no lifecycle state of its own. The ledger admits each run (the cap check and the
+registration are one atomic step), queues it, starts it, cancels it and records its end; the
+pool holds only what cannot leave this process: each local run's function and cancel scope.
+"""
 
 from __future__ import annotations
 
-import asyncio
-import collections
-import enum
-import functools
+import inspect
 import json
 import secrets
 import threading
 from collections.abc import Awaitable, Callable
 from types import TracebackType
-from typing import Any, Literal, ParamSpec, Self, TypeVar
+from typing import Any, Literal, Self
 
 import anyio
 import anyio.abc
 import sniffio
-import trio
 from pydantic import BaseModel
 
-from .errors import CapacityExceeded
-from .state import TaskState
-from .store import DEFAULT_CANCEL_REASON, BackgroundStore
+from .context import TaskContext, current_task, running_as
+from .errors import CapacityExceeded, PoolClosed, TaskIdInUse
+from .ledger.protocol import AdmissionRefused, CreateRequest, Selection
+from .loops import EventLoopHandle
+from .session import CANCELLED_BY_REQUEST, DEFAULT_CANCEL_REASON, SESSION_CLOSED, Session
+from .state import ClosePolicy, RunRef, TaskState, TaskStatus
+from .wakeup import ChangeSignal
 
-__all__ = ["CANCELLED_BY_REQUEST", "SESSION_CLOSED", "SubagentPool", "render_result"]
-
-CANCELLED_BY_REQUEST = "cancelled by request"
-SESSION_CLOSED = "cancelled: the session closed before it finished"
+__all__ = ["CANCELLED_BY_REQUEST", "SESSION_CLOSED", "SubagentPool", "describe_exception", "render_result"]
 
 Subagent = Callable[..., Awaitable[Any]]
-
-# A text this long may be relayed to a file: the store is notified from a worker thread.
-_REPORT_IN_THREAD_CHARS = 64 * 1024
-
-_P = ParamSpec("_P")
-_T = TypeVar("_T")
+_AMBIENT: Any = object()
 
 
-class _Phase(enum.Enum):
-    QUEUED = "queued"  # waiting for a slot
-    SCHEDULED = "scheduled"  # holds a slot, its task is about to start
-    RUNNING = "running"
-    DONE = "done"
+class _LocalRun:
+    """One run this pool executes: what the ledger's actions for it act on, on the pool's loop."""
 
+    __slots__ = ("args", "context", "fn", "launched", "pass_ctx", "pool", "reason", "ref", "scope", "timeout")
 
-class _Subagent:
-    __slots__ = ("args", "fn", "id", "phase", "reason", "scope", "timeout")
-
-    def __init__(self, id: str, fn: Subagent, args: tuple[Any, ...], timeout: float | None) -> None:
-        self.id = id
+    def __init__(
+        self, pool: SubagentPool, ref: RunRef, fn: Subagent, args: tuple[Any, ...], timeout: float | None, context: TaskContext
+    ) -> None:
+        self.pool = pool
+        self.ref = ref
         self.fn = fn
         self.args = args
         self.timeout = timeout
-        self.scope = anyio.CancelScope()
-        self.phase = _Phase.QUEUED
-        self.reason = SESSION_CLOSED
+        self.context = context
+        self.pass_ctx = _accepts_ctx(fn)
+        self.scope: anyio.CancelScope | None = None  # made on the loop, when the run is launched
+        self.reason: str | None = None  # the first cancel's reason
+        self.launched = False
+
+    # RunHandler: called from any thread
+    def on_cancel(self, reason: str) -> None:
+        if self.reason is None:
+            self.reason = reason
+        self.pool._on_loop(self._cancel_now)
+
+    @property
+    def cancelled_state(self) -> TaskState:
+        return TaskState.cancelled(self.reason or SESSION_CLOSED)
+
+    def _cancel_now(self) -> None:
+        if self.scope is None:
+            self.pool._drop(self)
+        else:
+            self.scope.cancel()
+
+    def on_start(self) -> None:
+        self.pool._on_loop(lambda: self.pool._launch(self))
+
+    def on_inbox(self) -> None:
+        self.pool.session._core.in_background(self.context.inbox.fetch)
 
 
 class SubagentPool:
-    """Capped concurrent subagents for one session, inside ``async with``.
+    """Capped concurrent subagents of one session, inside ``async with``.
 
-    ``spawn`` admits a subagent atomically (the cap check, the slot and the store record are one
-    step with no checkpoint), so any number of parallel tool calls never run more than
-    ``max_concurrent`` subagents. At the cap, ``when_full="reject"`` raises
+    ``spawn`` admits a subagent atomically in the ledger, so any number of parallel tool calls,
+    from any threads (and, on a shared backend, any processes), never run more than
+    ``max_concurrent`` subagents of the session. At the cap, ``when_full="reject"`` raises
     :class:`CapacityExceeded` and ``when_full="queue"`` queues the subagent (FIFO, at most
-    ``max_queued``; queued subagents are live store records, so the bound keeps them from being
+    ``max_queued``; queued subagents are live records, so the bound keeps them from being
     evicted).
 
     Outcomes: a returned string completes the task; any other value completes it with the value
-    rendered as text (:func:`render_result`); an exception fails it with ``Type: message``; a
-    timeout fails it saying so; a cancellation cancels it. One subagent's failure never
-    affects another or the pool; only ``BaseException`` such as ``KeyboardInterrupt``
-    propagates.
+    rendered as text (:func:`render_result`); an exception fails it with ``Type: message``
+    (whatever its ``__str__`` does); a timeout fails it saying so; a cancellation from the
+    ledger (``cancel``, ``cancel_all``, a cancel tree, the pool closing) cancels it; a
+    cancellation that comes from elsewhere (a future someone else cancelled) fails it. One
+    subagent's failure never affects another or the pool; only ``BaseException`` such as
+    ``KeyboardInterrupt`` propagates.
 
-    Leaving the block cancels subagents still running or queued (``close="cancel"``) or
-    waits for them all (``close="wait"``). If the block raises, they are cancelled either way.
+    A subagent that accepts a ``ctx`` keyword gets its :class:`~followups.TaskContext`
+    (progress, inbox, ``ask_parent``); :func:`followups.current_task` returns it anywhere in
+    the run, and a subagent it spawns becomes its child.
 
-    Task ids come from ``id_factory`` (random 8-hex-digit ids by default); a produced id
-    that a store record already has is skipped.
+    Leaving the block cancels the subagents still running or queued (``close="cancel"``) or
+    waits for them all (``close="wait"``; they may still spawn children meanwhile). If the
+    block raises, they are cancelled either way. A spawn that arrives while the pool shuts down
+    is refused with :class:`~followups.PoolClosed`. An exception raised inside the block comes
+    out wrapped in an ``ExceptionGroup``, as anyio task groups do.
 
-    Threads: ``spawn``, ``cancel`` and ``cancel_all`` may be called from any thread. On the
-    event loop thread that entered the pool (where async tool handlers run) they act at once;
-    from another thread (a framework that runs tools in a thread pool) they hand the call to
-    the loop and block until it has run there, so the cap stays atomic. Such a thread must not
-    be one the loop is blocked waiting for, or both wait forever: run synchronous agent code
-    in a worker thread (``trio.to_thread.run_sync`` / ``asyncio.to_thread``), not on the loop.
+    Threads: ``spawn``, ``cancel`` and ``cancel_all`` may be called from any thread and never
+    wait for the pool's loop; the ledger's actions reach the loop through its thread-safe entry.
     """
 
     def __init__(
         self,
-        store: BackgroundStore,
+        store: Session,
         *,
         max_concurrent: int | None = None,
         when_full: Literal["reject", "queue"] = "reject",
@@ -98,10 +119,12 @@ class SubagentPool:
         close: Literal["cancel", "wait"] = "cancel",
         id_factory: Callable[[], str] | None = None,
     ) -> None:
+        if not isinstance(store, Session):
+            raise TypeError(f"store must be a BackgroundStore or one of its sessions, got {type(store).__name__}")
         capacity = store.settings.capacity
-        self.store = store
+        self.session = store
         self.max_concurrent = store.settings.max_concurrent if max_concurrent is None else max_concurrent
-        if not 1 <= self.max_concurrent <= capacity:
+        if isinstance(self.max_concurrent, bool) or not 1 <= self.max_concurrent <= capacity:
             raise ValueError(
                 f"max_concurrent must be between 1 and the store's capacity ({capacity}), got {self.max_concurrent}"
             )
@@ -111,7 +134,7 @@ class SubagentPool:
             raise ValueError(f"close must be 'cancel' or 'wait', got {close!r}")
         room = capacity - self.max_concurrent
         self.max_queued = room if max_queued is None else max_queued
-        if not 0 <= self.max_queued <= room:
+        if isinstance(self.max_queued, bool) or not 0 <= self.max_queued <= room:
             raise ValueError(
                 f"max_queued must be between 0 and capacity - max_concurrent ({room}), got {self.max_queued}: "
                 "a queued task is a live store record and must never be evicted"
@@ -119,36 +142,45 @@ class SubagentPool:
         self.when_full = when_full
         self.close = close
         self._id_factory = id_factory or _random_id
-        self._live: dict[str, _Subagent] = {}
-        self._queue: collections.deque[_Subagent] = collections.deque()
-        self._slots_taken = 0
-        self._queued = 0
-        self._running = 0
+        self._lock = threading.Lock()
+        self._runs: dict[RunRef, _LocalRun] = {}
+        self._drained = ChangeSignal()
         self._task_group: anyio.abc.TaskGroup | None = None
-        self._loop_thread: int | None = None
-        self._loop: trio.lowlevel.TrioToken | asyncio.AbstractEventLoop | None = None
-        self._closing = False
+        self._loop: EventLoopHandle | None = None
+        self._state: Literal["new", "open", "closing", "closed"] = "new"
+
+    @property
+    def store(self) -> Session:
+        """The session this pool runs subagents for (a store is its default session)."""
+        return self.session
 
     async def __aenter__(self) -> Self:
-        if self._task_group is not None or self._closing:
+        if self._state != "new":
             raise RuntimeError("a SubagentPool can be entered only once")
         task_group = anyio.create_task_group()
         await task_group.__aenter__()
         self._task_group = task_group
-        self._loop_thread = threading.get_ident()
-        self._loop = _running_loop()
+        self._loop = EventLoopHandle.current()
+        self.session._core.hub.bind_loop(self._loop)
+        self._state = "open"
         return self
 
     async def __aexit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> bool | None:
         assert self._task_group is not None
-        if self.close == "cancel" or exc is not None:
-            self._cancel_live(SESSION_CLOSED, report=True)
+        self._state = "closing"
         try:
-            return await self._task_group.__aexit__(exc_type, exc, tb)
+            if self.close == "cancel" or exc is not None:
+                self._cancel_own(SESSION_CLOSED)
+            with anyio.CancelScope(shield=exc is not None):
+                while self._runs:
+                    version = self._drained.version
+                    if self._runs:
+                        await self._drained.wait_beyond(version)
         finally:
-            self._closing = True
+            self._state = "closed"
+        return await self._task_group.__aexit__(exc_type, exc, tb)
 
     # -- spawning --------------------------------------------------------------------------
 
@@ -157,184 +189,211 @@ class SubagentPool:
         fn: Subagent,
         *args: Any,
         task_id: str | None = None,
+        name: str | None = None,
+        kind: str = "subagent",
         description: str = "",
         timeout: float | None = None,
+        parent: str | None = _AMBIENT,
+        close_policy: ClosePolicy = "cancel",
     ) -> str:
         """Start ``fn(*args)`` in the background (or queue it) and return its task id at once.
 
-        ``task_id`` defaults to a fresh random id; an id that is already live raises
-        ``ValueError``. ``timeout`` (seconds) fails the task if it runs longer. Raises
-        :class:`CapacityExceeded` at the cap (``reject``) or when the queue is full (``queue``),
-        and ``RuntimeError`` outside the ``async with`` block. Not a checkpoint. Any thread
-        (see the class docstring).
+        ``task_id`` defaults to a fresh id from ``id_factory``; an explicit id that is live
+        raises :class:`~followups.TaskIdInUse`. ``name`` must be unique among the session's
+        live tasks. ``parent`` defaults to the subagent the call is made from, if any.
+        ``timeout`` (seconds) fails the task if it runs longer. Raises
+        :class:`CapacityExceeded` at the cap (``reject``) or when the queue is full
+        (``queue``), :class:`~followups.PoolClosed` outside the block or while it shuts down.
+        Never suspends; any thread.
         """
-        return self._on_loop(self._spawn, fn, *args, task_id=task_id, description=description, timeout=timeout)
-
-    def _spawn(
-        self, fn: Subagent, *args: Any, task_id: str | None, description: str, timeout: float | None
-    ) -> str:
-        if self._task_group is None or self._closing:
-            raise RuntimeError("SubagentPool.spawn called outside its 'async with' block")
+        self._check_open()
         if not callable(fn):
             raise TypeError(f"fn must be an async callable, got {type(fn).__name__}")
-        if timeout is not None and not timeout > 0:
+        if timeout is not None and (isinstance(timeout, bool) or not timeout > 0):
             raise ValueError(f"timeout must be a positive number of seconds or None, got {timeout!r}")
-        if task_id is None:
-            task_id = self._fresh_id()
+        session = self.session
+        if parent is _AMBIENT:
+            ambient = current_task()
+            parent = ambient.task_id if ambient is not None and ambient.session.id == session.id else None
+        explicit = task_id is not None
+        for _ in range(1000):
+            candidate = task_id if explicit else self._id_factory()
+            request = session._request(
+                candidate,  # type: ignore[arg-type]
+                description=description,
+                kind=kind,
+                name=name,
+                parent=parent,
+                close_policy=close_policy,
+            )
+            try:
+                admission = session.create(self._capped(request, explicit))
+            except TaskIdInUse:
+                if explicit:
+                    raise
+                continue
+            except AdmissionRefused as refused:
+                raise self._refusal(refused) from None
+            break
         else:
-            existing = self.store.get(task_id)
-            if task_id in self._live or (existing is not None and not existing.state.is_finished):
-                raise ValueError(f"task id {task_id!r} is already running; choose another id")
-        start_now = self._slots_taken < self.max_concurrent
-        if not start_now and (self.when_full == "reject" or self._queued >= self.max_queued):
-            raise self._refusal()
-        subagent = _Subagent(task_id, fn, args, timeout)
-        self.store.insert(task_id, description=description, queued=True)
-        self.store.attach_handle(task_id, subagent.scope)
-        self._live[task_id] = subagent
-        if start_now:
-            self._slots_taken += 1
-            self._schedule(subagent)
-        else:
-            self._queue.append(subagent)
-            self._queued += 1
-        return task_id
+            raise RuntimeError("id_factory returned 1000 ids that are already in use")
+        context = TaskContext(session, admission.ref, name=request.name, description=description, kind=request.kind)
+        run = _LocalRun(self, admission.ref, fn, args, timeout, context)
+        with self._lock:
+            self._runs[run.ref] = run
+        session._core.local_runs.add(run.ref, run)
+        if admission.status is TaskStatus.RUNNING or self._admitted_meanwhile(run.ref):
+            self._on_loop(lambda: self._launch(run))
+        return run.ref.task_id
+
+    def _capped(self, request: CreateRequest, explicit: bool) -> CreateRequest:
+        import dataclasses
+
+        return dataclasses.replace(
+            request,
+            if_exists="refuse_live" if explicit else "refuse",
+            max_running=self.max_concurrent,
+            when_full=self.when_full,
+            max_queued=self.max_queued,
+            has_inbox=True,
+        )
+
+    def _admitted_meanwhile(self, ref: RunRef) -> bool:
+        """A queued run admitted between its creation and its registration here, whose start
+        action found no one to hand it to."""
+        task = self.session._core.backend.get_run(ref)
+        return task is not None and task.state.status is TaskStatus.RUNNING and task.started_at is None
+
+    def _check_open(self) -> None:
+        state = self._state
+        if state == "open":
+            return
+        if state == "closing" and self.close == "wait":
+            ambient = current_task()
+            if ambient is not None and ambient.ref in self._runs:
+                return  # a subagent of this pool spawning a child while the pool waits for it
+        if state == "new":
+            raise PoolClosed("SubagentPool.spawn called before entering its 'async with' block")
+        if state == "closing":
+            raise PoolClosed("SubagentPool is shutting down: it accepts no new subagents")
+        raise PoolClosed("SubagentPool.spawn called after its 'async with' block ended")
 
     # -- cancelling ------------------------------------------------------------------------
 
     def cancel(self, task_id: str, reason: str = CANCELLED_BY_REQUEST) -> bool:
-        """Cancel one subagent, queued or running. Returns False if it is not live in this pool.
-
-        A subagent that had not started is reported cancelled at once; a running one is
-        reported when it has unwound (at its next checkpoint). Any thread.
-        """
-        return self._on_loop(self._cancel, task_id, reason)
-
-    def _cancel(self, task_id: str, reason: str) -> bool:
-        subagent = self._live.get(task_id)
-        if subagent is None or subagent.phase is _Phase.DONE:
-            return False
-        subagent.reason = reason
-        subagent.scope.cancel()
-        if subagent.phase is not _Phase.RUNNING:
-            self._finish_unstarted(subagent, report=True)
-        return True
+        """Cancel one task of the session, queued or running. Returns False if it is not live.
+        A queued one is reported cancelled at once; a running one once it has unwound (at its
+        next checkpoint). Any thread."""
+        return bool(self.session.cancel(task_id, reason))
 
     def cancel_all(self, reason: str = DEFAULT_CANCEL_REASON) -> list[str]:
-        """Cancel every subagent of this pool, then apply :meth:`BackgroundStore.cancel_all`
-        (which marks live tasks cancelled with ``reason`` and clears the pending queue).
-        Returns the ids the store cancelled. Any thread."""
-        return self._on_loop(self._cancel_all, reason)
+        """:meth:`Session.cancel_all` of the pool's session: every live task is cancelled with
+        ``reason`` and the pending queue cleared. Returns the ids cancelled. Any thread."""
+        return self.session.cancel_all(reason)
 
-    def _cancel_all(self, reason: str) -> list[str]:
-        self._cancel_live(reason, report=False)
-        return self.store.cancel_all(reason)
+    def _cancel_own(self, reason: str) -> None:
+        with self._lock:
+            runs = list(self._runs.values())
+        if runs:
+            self.session._request_cancel(
+                Selection(ids=tuple(run.ref.task_id for run in runs)), reason, by="session_closed"
+            )
+        for run in runs:  # also reaches a run whose record was taken over meanwhile
+            if run.reason is None:
+                run.reason = reason
+            run._cancel_now()
 
     # -- counts and waiting ----------------------------------------------------------------
 
     def running_count(self) -> int:
-        """Subagents that are running right now: started and not yet finished."""
-        return self._running
+        """Tasks of the session holding a slot and not finished."""
+        return self.session.running_count()
 
     def queued_count(self) -> int:
-        """Subagents waiting for a slot."""
-        return self._queued
+        """Tasks of the session waiting for a slot."""
+        return self.session.queued_count()
 
     def live_count(self) -> int:
-        """Subagents whose outcome is still to come: queued, starting or running, until the
-        store has recorded their final state. It drops in the same step as the notification
-        is queued, so a loop that finds nothing pending and ``live_count() > 0`` can wait for
-        the next notification without missing one."""
-        store = self.store
-        return sum(1 for task_id in list(self._live) if not _has_final_state(store, task_id))
+        """Tasks of the session whose outcome is still to come: queued or running. It drops in
+        the same step as the notification is queued, so a loop that finds nothing pending and
+        ``live_count() > 0`` can wait for the next notification without missing one."""
+        return self.session.live_count()
 
     async def wait_for_notification(self, timeout: float | None = None) -> bool:
-        """Same as :meth:`BackgroundStore.wait_for_notification` on this pool's store."""
-        return await self.store.wait_for_notification(timeout)
+        """:meth:`Session.wait_for_notification` of the pool's session."""
+        return await self.session.wait_for_notification(timeout)
+
+    async def wait_for_change(self, timeout: float | None = None) -> bool:
+        """:meth:`Session.wait_for_change` of the pool's session."""
+        return await self.session.wait_for_change(timeout)
 
     # -- internals -------------------------------------------------------------------------
 
-    def _schedule(self, subagent: _Subagent) -> None:
-        assert self._task_group is not None
-        subagent.phase = _Phase.SCHEDULED
-        self._task_group.start_soon(self._run, subagent, name=f"subagent {subagent.id}")
+    def _on_loop(self, callback: Callable[[], object]) -> None:
+        """Run ``callback`` on the pool's loop: now when called there, else soon, in a task."""
+        loop = self._loop
+        if loop is None or loop.in_loop_thread():
+            callback()
+        else:
+            loop.call_soon_in_task(callback)
 
-    async def _run(self, subagent: _Subagent) -> None:
-        holds_slot = True
+    def _launch(self, run: _LocalRun) -> None:
+        if run.launched or run.ref not in self._runs or self._task_group is None:
+            return
+        run.launched = True
+        run.scope = anyio.CancelScope()
+        self._task_group.start_soon(self._run, run, name=f"subagent {run.ref.task_id}")
+
+    def _drop(self, run: _LocalRun) -> None:
+        with self._lock:
+            self._runs.pop(run.ref, None)
+        self.session._core.local_runs.discard(run.ref)
+        self._drained.bump()
+
+    async def _run(self, run: _LocalRun) -> None:
+        core = self.session._core
         try:
-            if subagent.phase is _Phase.DONE or subagent.scope.cancel_called:
-                self._finish_unstarted(subagent, report=True)
+            started = await core.call_async(core.backend.start, run.ref, now=core.clock())
+            if not started:
                 return
-            subagent.phase = _Phase.RUNNING
-            self._running += 1
-            state: TaskState | None = None
             try:
-                with subagent.scope:
-                    self.store.notify_started(subagent.id)
-                    state = await _outcome(subagent)
+                state = await self._execute(run)
             except anyio.get_cancelled_exc_class():
-                self.store.notify(subagent.id, TaskState.cancelled(subagent.reason))
+                await core.report_async(run.ref, run.cancelled_state)
                 raise
             except BaseException as exc:
-                self.store.notify(subagent.id, TaskState.failed(f"{type(exc).__name__}: {exc}"))
+                await core.report_async(run.ref, TaskState.failed(describe_exception(exc)))
                 raise
-            finally:
-                self._running -= 1
-            # Free the slot before the result can be seen: a model told of it may start
-            # another task at once, and must not be refused by this one's report.
-            holds_slot = False
-            self._release_slot()
-            await self._report(subagent.id, state or TaskState.cancelled(subagent.reason))
+            await core.report_async(run.ref, state)
         finally:
-            subagent.phase = _Phase.DONE
-            self._live.pop(subagent.id, None)
-            if holds_slot:
-                self._release_slot()
+            self._drop(run)
 
-    async def _report(self, task_id: str, state: TaskState) -> None:
-        """Notify the store of a final state. A large text is relayed to a file on a worker
-        thread, so the event loop is not blocked by the write; cancellation waits for that
-        thread, so the report is never lost."""
-        if len(state.text) < _REPORT_IN_THREAD_CHARS:
-            self.store.notify(task_id, state)
-        else:
-            await anyio.to_thread.run_sync(self.store.notify, task_id, state)
+    async def _execute(self, run: _LocalRun) -> TaskState:
+        """Run the subagent and map what happens to a final state. A cancellation of its own
+        scope becomes a cancelled state; one from outside the pool's scopes is the subagent's
+        failure; an enclosing cancellation propagates."""
+        kwargs = {"ctx": run.context} if run.pass_ctx else {}
+        assert run.scope is not None
+        with run.scope, running_as(run.context):
+            try:
+                with anyio.move_on_after(run.timeout) as deadline:
+                    value = await run.fn(*run.args, **kwargs)
+                    return TaskState.completed(render_result(value))
+            except anyio.get_cancelled_exc_class() as exc:
+                if _cancellation_is_pending():
+                    raise
+                return TaskState.failed(describe_exception(exc))
+            except Exception as exc:
+                return TaskState.failed(describe_exception(exc))
+            if deadline.cancelled_caught:
+                return TaskState.failed(f"timed out after {run.timeout:g} s")
+        return run.cancelled_state
 
-    def _finish_unstarted(self, subagent: _Subagent, *, report: bool) -> None:
-        """Retire a subagent cancelled before it ran (reporting it cancelled if ``report``).
-        A scheduled one keeps its slot until its task starts and sees it is done."""
-        if subagent.phase is _Phase.DONE:
-            return
-        if subagent.phase is _Phase.QUEUED:
-            self._queued -= 1
-        subagent.phase = _Phase.DONE
-        self._live.pop(subagent.id, None)
-        if report:
-            self.store.notify(subagent.id, TaskState.cancelled(subagent.reason))
-
-    def _release_slot(self) -> None:
-        """Hand the freed slot to the oldest queued subagent, or give it back."""
-        while self._queue:
-            subagent = self._queue.popleft()
-            if subagent.phase is _Phase.QUEUED:
-                self._queued -= 1
-                self._schedule(subagent)
-                return
-        self._slots_taken -= 1
-
-    def _cancel_live(self, reason: str, *, report: bool) -> None:
-        for subagent in list(self._live.values()):
-            if not subagent.scope.cancel_called:  # one already cancelled keeps its reason
-                subagent.reason = reason
-            subagent.scope.cancel()
-            if subagent.phase is not _Phase.RUNNING:
-                self._finish_unstarted(subagent, report=report)
-
-    def _refusal(self) -> CapacityExceeded:
-        in_flight = self._slots_taken + self._queued
-        if self.when_full == "reject":
+    def _refusal(self, refused: AdmissionRefused) -> CapacityExceeded:
+        in_flight = refused.running + refused.queued
+        if refused.reason == "cap":
             message = (
-                f"Cannot start another background task: {self._slots_taken} of {self.max_concurrent} "
+                f"Cannot start another background task: {refused.running} of {self.max_concurrent} "
                 f"subagent slots are in use. Do not retry in a loop: each running task reports its "
                 f"result on its own in a <system-reminder> when it finishes. Wait for that notice "
                 f"before starting another task, or do this piece of work inline yourself."
@@ -342,81 +401,48 @@ class SubagentPool:
         else:
             message = (
                 f"Cannot queue another background task: all {self.max_concurrent} subagent slots are "
-                f"in use and the queue is full ({self._queued} of {self.max_queued} waiting). Do not "
+                f"in use and the queue is full ({refused.queued} of {self.max_queued} waiting). Do not "
                 f"retry in a loop: wait for a completion notice in a <system-reminder>, or do this "
                 f"piece of work inline yourself."
             )
         return CapacityExceeded(message, limit=self.max_concurrent, in_flight=in_flight)
 
-    def _fresh_id(self) -> str:
-        """A new id from ``id_factory`` that no record in the store has."""
-        for _ in range(1000):
-            candidate = self._id_factory()
-            if candidate not in self._live and self.store.get(candidate) is None:
-                return candidate
-        raise RuntimeError("id_factory returned 1000 ids that are already in use")
 
-    def _on_loop(self, method: Callable[_P, _T], *args: _P.args, **kwargs: _P.kwargs) -> _T:
-        """Run ``method`` on the pool's event loop thread: directly when called there (or
-        before the pool is entered), else inside the loop while this thread blocks."""
-        loop = self._loop
-        if loop is None or threading.get_ident() == self._loop_thread:
-            return method(*args, **kwargs)
-        call = functools.partial(method, *args, **kwargs)
-        if isinstance(loop, asyncio.AbstractEventLoop):
-            return _run_in_asyncio_loop(loop, call)
-        try:
-            return trio.from_thread.run_sync(call, trio_token=loop)
-        except trio.RunFinishedError as exc:
-            raise RuntimeError(_LOOP_FINISHED) from exc
+def _cancellation_is_pending() -> bool:
+    """True when the current task is being cancelled by a cancel scope (ours or an enclosing
+    one), as opposed to a cancellation error that merely passed through it."""
+    if sniffio.current_async_library() == "asyncio":
+        import asyncio
+
+        task = asyncio.current_task()
+        return task is not None and task.cancelling() > 0
+    return anyio.current_effective_deadline() == float("-inf")
 
 
-_LOOP_FINISHED = "SubagentPool called from a thread after its event loop finished"
-
-
-def _running_loop() -> trio.lowlevel.TrioToken | asyncio.AbstractEventLoop:
-    """What lets another thread run code on the current event loop."""
-    library = sniffio.current_async_library()
-    if library == "trio":
-        return trio.lowlevel.current_trio_token()
-    if library == "asyncio":
-        return asyncio.get_running_loop()
-    raise RuntimeError(f"followups supports trio and asyncio, not {library!r}")
-
-
-def _run_in_asyncio_loop(loop: asyncio.AbstractEventLoop, call: Callable[[], _T]) -> _T:
-    # Inside a task, not a bare callback: anyio (cancel scopes) needs a current task.
-    async def in_task() -> _T:
-        return call()
-
-    coroutine = in_task()
+def _accepts_ctx(fn: Callable[..., Any]) -> bool:
     try:
-        future = asyncio.run_coroutine_threadsafe(coroutine, loop)
-    except RuntimeError as exc:  # the loop is closed
-        coroutine.close()
-        raise RuntimeError(_LOOP_FINISHED) from exc
-    return future.result()
-
-
-async def _outcome(subagent: _Subagent) -> TaskState:
-    """Run the subagent and map what happens to a final state. Cancellation propagates."""
-    try:
-        with anyio.move_on_after(subagent.timeout) as deadline:
-            return TaskState.completed(render_result(await subagent.fn(*subagent.args)))
-    except Exception as exc:
-        return TaskState.failed(f"{type(exc).__name__}: {exc}")
-    if deadline.cancelled_caught:
-        return TaskState.failed(f"timed out after {subagent.timeout:g} s")
-    raise AssertionError("unreachable: move_on_after exited without a result or a timeout")
-
-
-def _has_final_state(store: BackgroundStore, task_id: str) -> bool:
-    task = store.get(task_id)
-    return task is None or task.state.is_finished
+        parameter = inspect.signature(fn).parameters.get("ctx")
+    except (TypeError, ValueError):
+        return False
+    return parameter is not None and parameter.kind in (
+        inspect.Parameter.POSITIONAL_OR_KEYWORD,
+        inspect.Parameter.KEYWORD_ONLY,
+    )
 
 
 def _random_id() -> str:
     return secrets.token_hex(4)
+
+
+def describe_exception(exc: BaseException) -> str:
+    """``Type: message`` for an exception, or the type alone when it has no message or its
+    ``__str__`` fails: the error text of a failed subagent."""
+    name = type(exc).__name__
+    try:
+        message = str(exc)
+    except Exception:
+        return f"{name} (its message could not be read)"
+    return f"{name}: {message}" if message else name
 
 
 def render_result(value: Any) -> str:

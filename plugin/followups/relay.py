@@ -68,6 +68,17 @@ class OutputRelay:
         self._directory: Path | None = None
         self._check_footer_fits()
 
+    def should_relay(self, text: str) -> bool:
+        """True exactly when :meth:`relay_if_large` relays ``text`` (writes it, or tries to):
+        it is over the inline byte limit in UTF-8, or has more than ``relay_max_lines`` lines.
+        O(1) for a text longer than the byte limit."""
+        limit = self.settings.relay_inline_max_bytes
+        if len(text) > limit:
+            return True
+        if count_lines(text) > self.settings.relay_max_lines:
+            return True
+        return len(text) * 4 > limit and len(text.encode("utf-8", "replace")) > limit
+
     def relay_if_large(self, label: str, text: str) -> RelayOutcome:
         """Return ``text`` unchanged if it is within both inline limits (bytes and lines);
         otherwise save it whole to a new file and return a preview that fits the byte limit:

@@ -124,14 +124,17 @@ class ReminderRenderer:
         )
 
     def fit_followup(
-        self, notifications: Sequence[TaskNotification], budget_chars: int
+        self, notifications: Sequence[TaskNotification], budget_chars: int, *, more: int = 0
     ) -> RenderedReminder:
         """The follow-up message for the longest prefix of ``notifications`` that fits in
-        ``budget_chars``; the first notification is always carried, so delivery progresses."""
-        return _fit(lambda batch, rest: self.render_followup(batch, remaining=rest), notifications, budget_chars, 0)
+        ``budget_chars``; the first notification is always carried, so delivery progresses.
+        ``more`` counts notifications pending beyond those offered, for the "still to come" line."""
+        return _fit(
+            lambda batch, rest: self.render_followup(batch, remaining=rest), notifications, budget_chars, 0, more
+        )
 
     def fit_prompt(
-        self, notifications: Sequence[TaskNotification], prompt: str, budget_chars: int
+        self, notifications: Sequence[TaskNotification], prompt: str, budget_chars: int, *, more: int = 0
     ) -> RenderedReminder:
         """Like :meth:`fit_followup` for the prepended form; the prompt does not count."""
         return _fit(
@@ -139,6 +142,7 @@ class ReminderRenderer:
             notifications,
             budget_chars,
             len(prompt),
+            more,
         )
 
     def render_relay_footer(self, *, path: Path, lines: int, size_bytes: int) -> str:
@@ -228,17 +232,19 @@ def _fit(
     notifications: Sequence[TaskNotification],
     budget_chars: int,
     overhead: int,
+    more: int = 0,
 ) -> RenderedReminder:
-    """Render the longest prefix of ``notifications`` whose text (less ``overhead``) fits."""
+    """Render the longest prefix of ``notifications`` whose text (less ``overhead``) fits;
+    the reminder counts the rest, plus ``more``, as still to come."""
     total = len(notifications)
-    text = render(notifications, 0)
+    text = render(notifications, more)
     if total <= 1 or len(text) - overhead <= budget_chars:
         return RenderedReminder(text, total)
-    best = RenderedReminder(render(notifications[:1], total - 1), 1)
+    best = RenderedReminder(render(notifications[:1], total - 1 + more), 1)
     low, high = 2, total - 1
     while low <= high:
         middle = (low + high) // 2
-        candidate = render(notifications[:middle], total - middle)
+        candidate = render(notifications[:middle], total - middle + more)
         if len(candidate) - overhead <= budget_chars:
             best = RenderedReminder(candidate, middle)
             low = middle + 1

@@ -63,6 +63,22 @@ class FollowupSettings(BaseModel):
     reminder_budget_chars: int = Field(
         default=32000, ge=256, description="Most characters one reminder may carry; the rest waits."
     )
+    max_pending: int = Field(
+        default=10_000,
+        ge=1,
+        description="Notifications a session may hold undelivered; past it, new tasks are refused.",
+    )
+    delivery_lease_seconds: float = Field(
+        default=600,
+        gt=0,
+        description="How long a taken reminder stays leased before its notifications are pending again.",
+    )
+    stall_after_seconds: float = Field(
+        default=300, gt=0, description="A running task that reported nothing for this long shows as stalled."
+    )
+    inbox_max_messages: int = Field(
+        default=256, ge=1, description="Unread messages a running subagent's inbox may hold."
+    )
 
     @field_validator("relay_dir")
     @classmethod

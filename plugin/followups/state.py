@@ -1,29 +1,106 @@
-"""The values that describe a background task: its state, its record, its notification, and
-the lifecycle events a UI sink receives. All are frozen and compare by value."""
+"""The values that describe background work: a task's status and state, the identity of one
+run, the record of a task, its pending notification, an open delivery lease, and the lifecycle
+events that subscribers and a UI sink receive. All are frozen and compare by value."""
 
 from __future__ import annotations
 
 import enum
+import re
 from dataclasses import dataclass, field
+from typing import Literal
 
 __all__ = [
+    "CANCELLED_BY",
+    "CLOSE_POLICIES",
+    "DEFAULT_SESSION",
     "BackgroundTask",
+    "CancelledBy",
+    "ClosePolicy",
+    "Lagged",
+    "LeaseInfo",
     "LifecycleEvent",
+    "NotificationKind",
+    "RunRef",
+    "TaskCancelRequested",
     "TaskFinished",
+    "TaskKind",
     "TaskNotification",
+    "TaskProgress",
+    "TaskRegistered",
     "TaskStarted",
     "TaskState",
     "TaskStatus",
+    "TaskTransferred",
+    "check_kind",
 ]
+
+DEFAULT_SESSION = "default"
+"""The session of a store used without naming one."""
 
 
 class TaskStatus(enum.StrEnum):
-    """Where a task is in its life. Every status but ``RUNNING`` is final."""
+    """Where a task is in its life. ``QUEUED`` and ``RUNNING`` are live; the rest are final."""
 
+    QUEUED = "queued"
     RUNNING = "running"
     COMPLETED = "completed"
     FAILED = "failed"
     CANCELLED = "cancelled"
+
+    @property
+    def is_final(self) -> bool:
+        """True for completed, failed and cancelled: a status that is never left."""
+        return self not in _LIVE_STATUSES
+
+
+_LIVE_STATUSES = frozenset({TaskStatus.QUEUED, TaskStatus.RUNNING})
+
+
+class TaskKind(enum.StrEnum):
+    """The built-in kinds of background work. Any other lowercase name (``"crawler"``) is a
+    custom kind: see :func:`check_kind`."""
+
+    SUBAGENT = "subagent"
+    SHELL = "shell"
+    MONITOR = "monitor"
+    OBSERVER = "observer"
+    OTHER = "other"
+
+
+_KIND = re.compile(r"[a-z][a-z0-9_.-]{0,63}", re.ASCII)
+
+
+def check_kind(kind: str) -> str:
+    """``kind`` as a plain string, or ``ValueError`` naming what is wrong with it.
+
+    A kind is one of :class:`TaskKind` or a custom name of 1 to 64 characters: a lowercase
+    ASCII letter, then lowercase letters, digits, ``_``, ``.`` or ``-``.
+    """
+    if not isinstance(kind, str) or not _KIND.fullmatch(kind):
+        raise ValueError(
+            f"kind must be one of {', '.join(k.value for k in TaskKind)} or a lowercase name like "
+            f"'crawler' (letters, digits, '_', '.', '-'; at most 64 characters), got {kind!r}"
+        )
+    return str(kind)
+
+
+ClosePolicy = Literal["keep", "cancel", "transfer"]
+"""What happens to a live task when its session ends (or its parent finishes):
+kept running, cancelled, or moved to the successor session."""
+CLOSE_POLICIES: tuple[ClosePolicy, ...] = ("keep", "cancel", "transfer")
+
+CancelledBy = Literal["user", "cancel_all", "session_closed", "parent_finished", "evicted", "orphaned"]
+"""Who asked for a task's cancellation: a cancel call or tool (``user``), ``cancel_all``, the
+end of its session or pool (``session_closed``), its parent finishing (``parent_finished``),
+eviction from a full store (``evicted``), or recovery after its process stopped (``orphaned``)."""
+CANCELLED_BY: tuple[CancelledBy, ...] = (
+    "user",
+    "cancel_all",
+    "session_closed",
+    "parent_finished",
+    "evicted",
+    "orphaned",
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -31,7 +108,7 @@ class TaskState:
     """A task's status and the text that goes with it.
 
     ``text`` is the result for a completed task, the error for a failed one, the reason for a
-    cancelled one, and empty while the task runs. Build states with the constructors.
+    cancelled one, and empty while the task is live. Build states with the constructors.
     """
 
     status: TaskStatus
@@ -42,6 +119,10 @@ class TaskState:
             object.__setattr__(self, "status", TaskStatus(self.status))
         if not isinstance(self.text, str):
             raise TypeError(f"TaskState.text must be str, got {type(self.text).__name__}")
+
+    @classmethod
+    def queued(cls) -> TaskState:
+        return _QUEUED
 
     @classmethod
     def running(cls) -> TaskState:
@@ -62,54 +143,148 @@ class TaskState:
     @property
     def is_finished(self) -> bool:
         """True for completed, failed and cancelled: a state that is never left."""
-        return self.status is not _RUNNING_STATUS
+        return self.status not in _LIVE_STATUSES
 
 
-_RUNNING_STATUS = TaskStatus.RUNNING
+_QUEUED = TaskState(TaskStatus.QUEUED)
 _RUNNING = TaskState(TaskStatus.RUNNING)
+
+
+@dataclass(frozen=True, slots=True, order=True)
+class RunRef:
+    """The identity of one run of a task: the session it was created in, its task id, and the
+    generation the ledger assigned it.
+
+    Generations are unique within a store, so a task id that is reused starts a run with a new
+    identity: a report for a superseded run is recognised and ignored, and the results of both
+    runs are delivered. A run keeps its identity when it is transferred to another session.
+    """
+
+    session: str
+    task_id: str
+    generation: int
+
+    def __str__(self) -> str:
+        return f"{self.task_id}#{self.generation}"
 
 
 @dataclass(frozen=True, slots=True)
 class BackgroundTask:
-    """A snapshot of one task record, as :meth:`BackgroundStore.get` returns it.
+    """A snapshot of one task record, as :meth:`Session.get` and :meth:`Session.list` return it.
 
-    ``queued`` is true while a live task waits for a concurrency slot and has not started.
+    Times are seconds since the epoch (``time.time()``). ``progress`` is the last line the task
+    reported and ``progress_at`` when; ``stalled`` is true for a running task that has reported
+    nothing for ``settings.stall_after_seconds``. ``cancel_requested_by`` says who asked for its
+    cancellation, if anyone did. ``persistence_error`` is set while its final state could not be
+    written to a durable store (it is retried). ``relay_path`` names the file holding the whole
+    output of a relayed result.
     """
 
     id: str
     state: TaskState
     description: str = ""
-    queued: bool = False
+    session: str = DEFAULT_SESSION
+    kind: str = TaskKind.SUBAGENT.value
+    name: str | None = None
+    parent: str | None = None
+    generation: int = 0
+    created_at: float = 0.0
+    started_at: float | None = None
+    finished_at: float | None = None
+    progress: str | None = None
+    progress_at: float | None = None
+    cancel_requested_by: CancelledBy | None = None
+    close_policy: ClosePolicy = "cancel"
+    persistence_error: str | None = None
+    stalled: bool = False
+    relay_path: str | None = None
+    origin_session: str | None = None
+
+    @property
+    def status(self) -> TaskStatus:
+        return self.state.status
+
+    @property
+    def queued(self) -> bool:
+        """True while the task waits for a concurrency slot and has not started."""
+        return self.state.status is TaskStatus.QUEUED
+
+    @property
+    def is_live(self) -> bool:
+        return not self.state.is_finished
+
+    @property
+    def duration(self) -> float | None:
+        """Seconds from start to finish, or from start until now's snapshot for a running task;
+        None before it started."""
+        if self.started_at is None:
+            return None
+        end = self.finished_at
+        return None if end is None else max(0.0, end - self.started_at)
+
+    @property
+    def ref(self) -> RunRef:
+        """The identity of the run this record describes."""
+        return RunRef(self.origin_session or self.session, self.id, self.generation)
+
+
+NotificationKind = Literal["result", "question"]
 
 
 @dataclass(frozen=True, slots=True)
 class TaskNotification:
-    """A finished task's pending notification: a snapshot of its id and final state.
+    """A pending notification: a snapshot of a task's id and final state (``kind="result"``), or
+    a question a running task asks its session (``kind="question"``, the question in
+    ``state.text``).
 
-    ``sequence`` orders notifications by the time their task first finished; it takes no part
-    in equality, so two notifications are equal when their id and state are.
+    ``notification_id`` is stable and unique within the store: a redelivery of the same
+    notification carries the same id, and a newer state of the same task a new one. The other
+    fields take no part in equality, so two notifications are equal when id and state are.
     """
 
     id: str
     state: TaskState
     sequence: int = field(default=0, compare=False)
+    notification_id: str = field(default="", compare=False)
+    session: str = field(default=DEFAULT_SESSION, compare=False)
+    kind: NotificationKind = field(default="result", compare=False)
 
 
-_new_object = object.__new__
-_notification_slots = vars(TaskNotification)  # the member descriptors of its __slots__
-_set_notification_id = _notification_slots["id"].__set__
-_set_notification_state = _notification_slots["state"].__set__
-_set_notification_sequence = _notification_slots["sequence"].__set__
+@dataclass(frozen=True, slots=True)
+class LeaseInfo:
+    """An open delivery lease: notifications taken for one reminder and not yet settled.
+
+    Settle it by ``id`` from anywhere (:meth:`Session.settle`); when ``expires_at`` passes
+    unsettled, its notifications are pending again.
+    """
+
+    id: str
+    session: str
+    task_ids: tuple[str, ...]
+    notification_ids: tuple[str, ...]
+    expires_at: float
 
 
-def make_notification(id: str, state: TaskState, sequence: int) -> TaskNotification:
-    """``TaskNotification(id, state, sequence)`` without the frozen dataclass's per-field
-    ``object.__setattr__`` calls: the store builds one per finished task, on its hot path."""
-    notification = _new_object(TaskNotification)
-    _set_notification_id(notification, id)
-    _set_notification_state(notification, state)
-    _set_notification_sequence(notification, sequence)
-    return notification
+# -- lifecycle events -----------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class TaskRegistered:
+    """A task was created (queued or about to run)."""
+
+    task: BackgroundTask
+
+    @property
+    def id(self) -> str:
+        return self.task.id
+
+    @property
+    def session(self) -> str:
+        return self.task.session
+
+    @property
+    def kind(self) -> str:
+        return self.task.kind
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,6 +292,31 @@ class TaskStarted:
     """A task began to run (after any wait for a concurrency slot)."""
 
     id: str
+    session: str = DEFAULT_SESSION
+    kind: str = TaskKind.SUBAGENT.value
+
+
+@dataclass(frozen=True, slots=True)
+class TaskProgress:
+    """A running task reported a line of progress. Progress never produces a reminder."""
+
+    id: str
+    message: str
+    at: float
+    session: str = DEFAULT_SESSION
+    kind: str = TaskKind.SUBAGENT.value
+
+
+@dataclass(frozen=True, slots=True)
+class TaskCancelRequested:
+    """Someone asked for a live task's cancellation; it is carried out by the process that runs
+    it, and a :class:`TaskFinished` follows."""
+
+    id: str
+    by: CancelledBy
+    reason: str
+    session: str = DEFAULT_SESSION
+    kind: str = TaskKind.SUBAGENT.value
 
 
 @dataclass(frozen=True, slots=True)
@@ -124,10 +324,33 @@ class TaskFinished:
     """A task reached a final state; the notification carries the relayed or capped state."""
 
     notification: TaskNotification
+    kind: str = TaskKind.SUBAGENT.value
 
     @property
     def id(self) -> str:
         return self.notification.id
 
+    @property
+    def session(self) -> str:
+        return self.notification.session
 
-LifecycleEvent = TaskStarted | TaskFinished
+
+@dataclass(frozen=True, slots=True)
+class TaskTransferred:
+    """A live task moved from one session to its successor."""
+
+    id: str
+    from_session: str
+    session: str
+    kind: str = TaskKind.SUBAGENT.value
+
+
+@dataclass(frozen=True, slots=True)
+class Lagged:
+    """A subscriber's buffer overflowed: ``count`` events were dropped for it (and only for it;
+    notifications are never affected)."""
+
+    count: int
+
+
+LifecycleEvent = TaskRegistered | TaskStarted | TaskProgress | TaskCancelRequested | TaskFinished | TaskTransferred

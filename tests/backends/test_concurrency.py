@@ -14,6 +14,7 @@ import pytest
 import trio
 import trio.testing
 
+from helpers import StoreFactory
 from followups import BackgroundStore, FollowupSettings, TaskState
 
 
@@ -108,9 +109,9 @@ def test_threads_restoring_and_draining_lose_and_duplicate_nothing(store: Backgr
     assert max(delivered.values()) == 1
 
 
-async def test_trio_tasks_hammering_one_store_deliver_exactly_once(tmp_path: Path) -> None:
+async def test_trio_tasks_hammering_one_store_deliver_exactly_once(make_store: StoreFactory, tmp_path: Path) -> None:
     tasks = 300
-    store = BackgroundStore(FollowupSettings(relay_dir=tmp_path, capacity=tasks))
+    store = make_store(FollowupSettings(relay_dir=tmp_path, capacity=tasks))
     delivered: Counter[str] = Counter()
 
     async def subagent(i: int) -> None:
@@ -175,8 +176,16 @@ async def test_wait_is_woken_by_a_notify_from_a_worker_thread(store: BackgroundS
 
 
 async def test_wait_times_out_with_false(store: BackgroundStore, autojump_clock: trio.abc.Clock) -> None:
+    store.insert("slow")
     assert await store.wait_for_notification(timeout=5) is False
     assert trio.current_time() >= 5
+
+
+async def test_wait_returns_false_at_once_when_nothing_can_come(
+    store: BackgroundStore, autojump_clock: trio.abc.Clock
+) -> None:
+    assert await store.wait_for_notification(timeout=5) is False
+    assert trio.current_time() == 0
 
 
 async def test_wait_keeps_waiting_if_another_consumer_drained_first(
@@ -208,8 +217,8 @@ async def test_cancelled_wait_loses_nothing(store: BackgroundStore) -> None:
     assert drain_ids(store) == ["t1"]
 
 
-def test_wait_works_under_asyncio_woken_from_a_thread(tmp_path: Path) -> None:
-    store = BackgroundStore(FollowupSettings(relay_dir=tmp_path))
+def test_wait_works_under_asyncio_woken_from_a_thread(make_store: StoreFactory, tmp_path: Path) -> None:
+    store = make_store(FollowupSettings(relay_dir=tmp_path))
     store.insert("t1")
 
     async def main() -> bool:
@@ -231,8 +240,8 @@ def test_wait_works_under_asyncio_woken_from_a_thread(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("backend", ["trio", "asyncio"])
-def test_many_waiters_are_all_woken_on_either_backend(tmp_path: Path, backend: str) -> None:
-    store = BackgroundStore(FollowupSettings(relay_dir=tmp_path))
+def test_many_waiters_are_all_woken_on_either_backend(make_store: StoreFactory, tmp_path: Path, backend: str) -> None:
+    store = make_store(FollowupSettings(relay_dir=tmp_path))
     store.insert("t1")
 
     async def main() -> list[bool]:

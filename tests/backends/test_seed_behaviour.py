@@ -18,7 +18,8 @@ import anyio
 import pytest
 import trio
 
-from conftest import numbered_lines
+from helpers import numbered_lines
+from helpers import StoreFactory
 from followups import (
     DEFAULT_CANCEL_REASON,
     BackgroundStore,
@@ -66,9 +67,9 @@ def ui_channel() -> tuple[trio.MemorySendChannel[Any], trio.MemoryReceiveChannel
 
 
 @pytest.fixture
-def sink_store(settings: FollowupSettings, ui_channel) -> BackgroundStore:
+def sink_store(make_store: StoreFactory, settings: FollowupSettings, ui_channel) -> BackgroundStore:
     """A store whose UI sink is ``ui_channel``'s send end."""
-    return BackgroundStore(settings, ui_sink=ui_channel[0])
+    return make_store(settings, ui_sink=ui_channel[0])
 
 
 @pytest.fixture
@@ -440,12 +441,12 @@ def _anyio_stream() -> tuple[Any, Any]:
 
 
 @pytest.mark.parametrize("open_channel", [_trio_channel, _anyio_stream], ids=["trio", "anyio"])
-async def test_ui_sink_send_after_receiver_dropped_is_silent(
+async def test_ui_sink_send_after_receiver_dropped_is_silent(make_store: StoreFactory, 
     settings: FollowupSettings, open_channel: Callable[[], tuple[Any, Any]]
 ) -> None:
     send_stream, receive_stream = open_channel()
     with send_stream:
-        store = BackgroundStore(settings, ui_sink=send_stream)
+        store = make_store(settings, ui_sink=send_stream)
         store.insert("t1")
         receive_stream.close()
         store.notify("t1", TaskState.completed("payload"))  # must not raise
@@ -509,9 +510,9 @@ async def test_followup_drains_queue_once(store: BackgroundStore) -> None:
 # -- threads -------------------------------------------------------------------------------
 
 
-def test_concurrent_inserts_and_notifies(relay_dir: Path) -> None:
+def test_concurrent_inserts_and_notifies(make_store: StoreFactory, relay_dir: Path) -> None:
     threads_count = 256
-    store = BackgroundStore(FollowupSettings(relay_dir=relay_dir, capacity=threads_count))
+    store = make_store(FollowupSettings(relay_dir=relay_dir, capacity=threads_count))
     barrier = threading.Barrier(threads_count, timeout=60)
     errors: list[BaseException] = []
 

@@ -11,6 +11,7 @@ import anyio
 import pytest
 import trio
 
+from helpers import StoreFactory
 from followups import (
     BackgroundStore,
     FollowupSettings,
@@ -32,8 +33,8 @@ class Handle:
         self.cancelled = True
 
 
-def small_store(tmp_path: Path, capacity: int, **kwargs: object) -> BackgroundStore:
-    return BackgroundStore(
+def small_store(make_store: StoreFactory, tmp_path: Path, capacity: int, **kwargs: object) -> BackgroundStore:
+    return make_store(
         FollowupSettings(relay_dir=tmp_path / "relay", capacity=capacity, max_concurrent=1), **kwargs
     )
 
@@ -45,8 +46,8 @@ def complete(store: BackgroundStore, id: str, text: str = "done") -> None:
 # -- eviction ----------------------------------------------------------------------------
 
 
-def test_eviction_prefers_a_finished_record_over_an_older_running_one(tmp_path: Path) -> None:
-    store = small_store(tmp_path, capacity=3)
+def test_eviction_prefers_a_finished_record_over_an_older_running_one(make_store: StoreFactory, tmp_path: Path) -> None:
+    store = small_store(make_store, tmp_path, capacity=3)
     store.insert("running")
     store.insert("a")
     store.insert("b")
@@ -57,8 +58,8 @@ def test_eviction_prefers_a_finished_record_over_an_older_running_one(tmp_path: 
     assert store.get("b") is None
 
 
-def test_eviction_takes_the_record_that_finished_longest_ago(tmp_path: Path) -> None:
-    store = small_store(tmp_path, capacity=3)
+def test_eviction_takes_the_record_that_finished_longest_ago(make_store: StoreFactory, tmp_path: Path) -> None:
+    store = small_store(make_store, tmp_path, capacity=3)
     for id in ("a", "b", "c"):
         store.insert(id)
     complete(store, "c")
@@ -79,10 +80,10 @@ def test_running_task_outlives_many_newer_finished_tasks(store: BackgroundStore)
     assert store.drain_notifications() == [TaskNotification("slow", TaskState.completed("finally"))]
 
 
-def test_when_all_are_running_the_oldest_is_evicted_and_its_handle_cancelled(
+def test_when_all_are_running_the_oldest_is_evicted_and_its_handle_cancelled(make_store: StoreFactory, 
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    store = small_store(tmp_path, capacity=2)
+    store = small_store(make_store, tmp_path, capacity=2)
     handle = Handle()
     store.insert("oldest")
     store.attach_handle("oldest", handle)
@@ -95,8 +96,8 @@ def test_when_all_are_running_the_oldest_is_evicted_and_its_handle_cancelled(
     assert "oldest" in caplog.text
 
 
-def test_get_does_not_refresh_a_record_against_eviction(tmp_path: Path) -> None:
-    store = small_store(tmp_path, capacity=2)
+def test_get_does_not_refresh_a_record_against_eviction(make_store: StoreFactory, tmp_path: Path) -> None:
+    store = small_store(make_store, tmp_path, capacity=2)
     store.insert("a")
     store.insert("b")
     complete(store, "a")
@@ -202,8 +203,8 @@ def test_restore_after_reinsert_keeps_the_previous_run_result_as_insert_does(sto
     assert store.drain_notifications() == [TaskNotification("t1", TaskState.completed("first run"))]
 
 
-def test_restore_delivers_a_task_evicted_meanwhile(tmp_path: Path) -> None:
-    store = small_store(tmp_path, capacity=1)
+def test_restore_delivers_a_task_evicted_meanwhile(make_store: StoreFactory, tmp_path: Path) -> None:
+    store = small_store(make_store, tmp_path, capacity=1)
     store.insert("t1")
     complete(store, "t1")
     drained = store.drain_notifications()
@@ -244,9 +245,9 @@ def test_cancel_all_cancels_live_tasks_and_leaves_finished_ones(store: Backgroun
     assert store.pending_count() == 0
 
 
-def test_cancel_all_emits_a_finished_event_for_each_cancelled_task(tmp_path: Path) -> None:
+def test_cancel_all_emits_a_finished_event_for_each_cancelled_task(make_store: StoreFactory, tmp_path: Path) -> None:
     events: list[object] = []
-    store = small_store(tmp_path, capacity=4, ui_sink=events.append)
+    store = small_store(make_store, tmp_path, capacity=4, ui_sink=events.append)
     store.insert("a")
     store.insert("b")
     store.cancel_all("user switched session")
@@ -311,9 +312,9 @@ def test_running_count_counts_started_unfinished_tasks_only(store: BackgroundSto
     assert store.running_count() == 0
 
 
-def test_notify_started_ignores_unknown_and_finished_tasks(tmp_path: Path) -> None:
+def test_notify_started_ignores_unknown_and_finished_tasks(make_store: StoreFactory, tmp_path: Path) -> None:
     events: list[object] = []
-    store = small_store(tmp_path, capacity=4, ui_sink=events.append)
+    store = small_store(make_store, tmp_path, capacity=4, ui_sink=events.append)
     store.insert("t1")
     complete(store, "t1")
     events.clear()
@@ -325,20 +326,20 @@ def test_notify_started_ignores_unknown_and_finished_tasks(tmp_path: Path) -> No
 # -- UI sinks ----------------------------------------------------------------------------
 
 
-def test_callable_sink_receives_started_and_finished(tmp_path: Path) -> None:
+def test_callable_sink_receives_started_and_finished(make_store: StoreFactory, tmp_path: Path) -> None:
     events: list[object] = []
-    store = small_store(tmp_path, capacity=4, ui_sink=events.append)
+    store = small_store(make_store, tmp_path, capacity=4, ui_sink=events.append)
     store.insert("t1")
     store.notify_started("t1")
     complete(store, "t1")
     assert events == [TaskStarted("t1"), TaskFinished(TaskNotification("t1", TaskState.completed("done")))]
 
 
-def test_failing_sink_never_loses_the_notification(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+def test_failing_sink_never_loses_the_notification(make_store: StoreFactory, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     def explode(event: object) -> None:
         raise RuntimeError("UI crashed")
 
-    store = small_store(tmp_path, capacity=4, ui_sink=explode)
+    store = small_store(make_store, tmp_path, capacity=4, ui_sink=explode)
     store.insert("t1")
     store.notify_started("t1")
     with caplog.at_level(logging.WARNING, logger="followups"):
@@ -347,18 +348,18 @@ def test_failing_sink_never_loses_the_notification(tmp_path: Path, caplog: pytes
     assert store.drain_notifications() == [TaskNotification("t1", TaskState.completed("kept"))]
 
 
-def test_full_memory_stream_sink_never_loses_the_notification(tmp_path: Path) -> None:
+def test_full_memory_stream_sink_never_loses_the_notification(make_store: StoreFactory, tmp_path: Path) -> None:
     send, receive = anyio.create_memory_object_stream[object](0)
     with send, receive:
-        store = small_store(tmp_path, capacity=4, ui_sink=send)
+        store = small_store(make_store, tmp_path, capacity=4, ui_sink=send)
         store.insert("t1")
         complete(store, "t1")
         assert store.pending_count() == 1
 
 
-async def test_closed_trio_channel_sink_never_loses_the_notification(tmp_path: Path) -> None:
+async def test_closed_trio_channel_sink_never_loses_the_notification(make_store: StoreFactory, tmp_path: Path) -> None:
     send, receive = trio.open_memory_channel[object](math.inf)
-    store = small_store(tmp_path, capacity=4, ui_sink=send)
+    store = small_store(make_store, tmp_path, capacity=4, ui_sink=send)
     store.insert("t1")
     await send.aclose()
     complete(store, "t1")
@@ -368,29 +369,29 @@ async def test_closed_trio_channel_sink_never_loses_the_notification(tmp_path: P
     assert [n.id for n in store.drain_notifications()] == ["t1", "t2"]
 
 
-def test_sink_may_call_back_into_the_store(tmp_path: Path) -> None:
+def test_sink_may_call_back_into_the_store(make_store: StoreFactory, tmp_path: Path) -> None:
     seen: list[object] = []
     store: BackgroundStore
 
     def sink(event: object) -> None:
         seen.append((event, store.get("t1"), store.pending_count()))
 
-    store = small_store(tmp_path, capacity=4, ui_sink=sink)
+    store = small_store(make_store, tmp_path, capacity=4, ui_sink=sink)
     store.insert("t1")
     complete(store, "t1")
     assert len(seen) == 1
 
 
-def test_async_function_is_refused_as_sink(tmp_path: Path) -> None:
+def test_async_function_is_refused_as_sink(make_store: StoreFactory, tmp_path: Path) -> None:
     async def sink(event: object) -> None: ...
 
     with pytest.raises(TypeError, match="memory send stream"):
-        small_store(tmp_path, capacity=4, ui_sink=sink)
+        small_store(make_store, tmp_path, capacity=4, ui_sink=sink)
 
 
-def test_non_callable_sink_is_refused(tmp_path: Path) -> None:
+def test_non_callable_sink_is_refused(make_store: StoreFactory, tmp_path: Path) -> None:
     with pytest.raises(TypeError, match="ui_sink"):
-        small_store(tmp_path, capacity=4, ui_sink=42)
+        small_store(make_store, tmp_path, capacity=4, ui_sink=42)
 
 
 def test_a_repeated_report_is_never_delivered_twice(store: BackgroundStore) -> None:
@@ -417,11 +418,11 @@ def test_a_repeated_large_report_is_not_relayed_again(store: BackgroundStore, re
     assert len(list(relay_dir.iterdir())) == 1
 
 
-async def test_a_closed_ui_channel_is_not_reported_as_a_failure(
+async def test_a_closed_ui_channel_is_not_reported_as_a_failure(make_store: StoreFactory, 
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     send, receive = trio.open_memory_channel[object](math.inf)
-    store = small_store(tmp_path, capacity=4, ui_sink=send)
+    store = small_store(make_store, tmp_path, capacity=4, ui_sink=send)
     await receive.aclose()
     store.insert("t1")
     with caplog.at_level(logging.DEBUG, logger="followups"):

@@ -7,6 +7,7 @@ import threading
 
 import pytest
 
+from helpers import StoreFactory
 from followups import (
     BackgroundStore,
     FollowupSettings,
@@ -84,8 +85,8 @@ def test_context_manager_confirms_on_success_and_gives_back_on_error(store: Back
     assert again is not None and again.task_ids == ("fails",)
 
 
-def test_a_batch_over_budget_leaves_the_rest_queued(relay_dir: object) -> None:
-    store = BackgroundStore(FollowupSettings(relay_dir=relay_dir, reminder_budget_chars=600))
+def test_a_batch_over_budget_leaves_the_rest_queued(make_store: StoreFactory, relay_dir: object) -> None:
+    store = make_store(FollowupSettings(relay_dir=relay_dir, reminder_budget_chars=600))
     for index in range(6):
         store.insert(f"t{index}")
         store.notify(f"t{index}", TaskState.completed("x" * 150))

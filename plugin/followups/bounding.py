@@ -1,0 +1,71 @@
+"""Bounding a reported state before the ledger sees it: the one decision of whether a result is
+too big to show whole, relaying it to a file or capping it, and the digest that recognises a
+repeated report. Runs before any lock or transaction is taken."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+
+from .relay import OutputRelay
+from .state import TaskState, TaskStatus
+from .truncation import head_cap
+
+__all__ = ["Bounded", "OutputBounds", "report_digest"]
+
+_COMPLETED = TaskStatus.COMPLETED
+_FAILED = TaskStatus.FAILED
+# Reported texts longer than this are bounded and digested off the event loop.
+HEAVY_TEXT_CHARS = 64 * 1024
+
+
+def report_digest(state: TaskState) -> str:
+    """A stable digest of a state as it was reported (blake2b of status and text): equal in
+    every process for equal states, so a repeated report is recognised as a duplicate."""
+    digest = hashlib.blake2b(digest_size=16)
+    digest.update(state.status.value.encode())
+    digest.update(b"\0")
+    digest.update(state.text.encode("utf-8", "surrogatepass"))
+    return digest.hexdigest()
+
+
+@dataclass(frozen=True, slots=True)
+class Bounded:
+    """A state fit to show the model, and the file that holds the whole output, if relayed."""
+
+    state: TaskState
+    relay_path: str | None = None
+
+
+class OutputBounds:
+    """How big a reported state may be shown: a completed text the relay would relay is relayed
+    (:meth:`OutputRelay.should_relay` is the only size decision), an error or cancel reason over
+    ``max_error_chars`` is capped. Thread-safe; :meth:`bound` does file I/O."""
+
+    def __init__(self, relay: OutputRelay, max_error_chars: int) -> None:
+        self.relay = relay
+        self.max_error_chars = max_error_chars
+
+    def needs_bounding(self, state: TaskState) -> bool:
+        if state.status is _COMPLETED:
+            return self.relay.should_relay(state.text)
+        return len(state.text) > self.max_error_chars
+
+    def is_heavy(self, state: TaskState) -> bool:
+        """True when bounding ``state`` writes a file or handles a long text: keep it off the
+        event loop."""
+        text = state.text
+        return len(text) > HEAVY_TEXT_CHARS or (state.status is _COMPLETED and self.relay.should_relay(text))
+
+    def bound(self, label: str, state: TaskState) -> Bounded:
+        """``state`` relayed or capped as needed. A completed text is relayed under ``label``
+        (which only decorates the file name); never raises for a failed write."""
+        if state.status is _COMPLETED:
+            if not self.relay.should_relay(state.text):
+                return Bounded(state)
+            outcome = self.relay.relay_if_large(label, state.text)
+            path = None if outcome.path is None else str(outcome.path)
+            return Bounded(TaskState.completed(outcome.text), path)
+        what = "task error" if state.status is _FAILED else "cancel reason"
+        capped = head_cap(state.text, self.max_error_chars, what)
+        return Bounded(state if capped is state.text else TaskState(state.status, capped))

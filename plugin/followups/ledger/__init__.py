@@ -1,0 +1,67 @@
+"""The ledger: the one source of truth for every task's life, behind a backend protocol.
+
+:mod:`followups.ledger.protocol` states the operations and their meaning;
+:class:`MemoryBackend` keeps them in this process; :func:`open_backend` picks a backend by URL.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from .memory import MemoryBackend
+from .protocol import (
+    Admission,
+    AdmissionRefused,
+    BackendUnavailable,
+    CancelReport,
+    CreateRequest,
+    Effect,
+    FinishReport,
+    Lease,
+    LeaseRequest,
+    LedgerBackend,
+    LedgerListener,
+    RunAction,
+    Selection,
+    SessionChanged,
+    SessionCounts,
+)
+
+if TYPE_CHECKING:
+    from ..settings import FollowupSettings
+
+__all__ = [
+    "Admission",
+    "AdmissionRefused",
+    "BackendUnavailable",
+    "CancelReport",
+    "CreateRequest",
+    "Effect",
+    "FinishReport",
+    "Lease",
+    "LeaseRequest",
+    "LedgerBackend",
+    "LedgerListener",
+    "MemoryBackend",
+    "RunAction",
+    "Selection",
+    "SessionChanged",
+    "SessionCounts",
+    "open_backend",
+]
+
+
+def open_backend(url: str, settings: FollowupSettings) -> LedgerBackend:
+    """The backend ``url`` names: ``memory://`` (this process), ``sqlite:///…`` (a database
+    file), ``redis://…`` / ``rediss://…`` (a Redis server). Raises ``ValueError`` naming the
+    URL when no backend takes it."""
+    if not isinstance(url, str):
+        raise TypeError(f"store URL must be a str, got {type(url).__name__}")
+    scheme = url.partition("://")[0].lower() if "://" in url else ""
+    if scheme == "memory":
+        if url.lower() not in ("memory://", "memory:///"):
+            raise ValueError(f"store URL {url!r}: a memory store takes no path; use 'memory://'")
+        return MemoryBackend()
+    raise ValueError(
+        f"store URL {url!r} names no known backend; use memory://, sqlite:///path/to/file.db or redis://host:port/db"
+    )

@@ -1,0 +1,68 @@
+"""The backend contract suite: every test in this directory runs once per ledger backend.
+
+``make_store(settings=None, like=None, **options)`` builds a store on a fresh backend of the
+current kind (``like=store`` gives a second store on the same ledger, as a second process
+would have), and ``store`` is one such store with the default test settings. Backends are
+closed after each test.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from helpers import StoreFactory
+
+from followups import BackgroundStore, FollowupSettings
+from followups.ledger import LedgerBackend, MemoryBackend
+
+BackendFactory = Callable[[Path, FollowupSettings, "LedgerBackend | None", pytest.FixtureRequest], LedgerBackend]
+
+
+def memory_backend(
+    tmp_path: Path, settings: FollowupSettings, like: LedgerBackend | None, request: pytest.FixtureRequest
+) -> LedgerBackend:
+    return like if like is not None else MemoryBackend()
+
+
+BACKENDS: dict[str, BackendFactory] = {"memory": memory_backend}
+
+
+@pytest.fixture(params=sorted(BACKENDS))
+def ledger_kind(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+@pytest.fixture
+def make_store(ledger_kind: str, tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[StoreFactory]:
+    stores: list[BackgroundStore] = []
+    backends: list[LedgerBackend] = []
+
+    def make(
+        settings: FollowupSettings | None = None, *, like: BackgroundStore | None = None, **options: Any
+    ) -> BackgroundStore:
+        settings = settings or FollowupSettings(relay_dir=tmp_path / "relay")
+        backend = BACKENDS[ledger_kind](tmp_path, settings, None if like is None else like.backend, request)
+        if backend not in backends:
+            backends.append(backend)
+        store = BackgroundStore(settings, backend=backend, **options)
+        stores.append(store)
+        return store
+
+    yield make
+    for store in stores:
+        store.close()
+    for backend in backends:
+        backend.close()
+
+
+@pytest.fixture(autouse=True)
+def _every_test_is_parametrized_by_backend(ledger_kind: str) -> None:
+    """Makes each test of the suite run once per backend, even one that builds no store."""
+
+
+@pytest.fixture
+def store(make_store: StoreFactory, settings: FollowupSettings) -> BackgroundStore:
+    return make_store(settings)
