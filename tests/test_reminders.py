@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from followups import ReminderRenderer, TaskNotification, TaskState, TemplateError
+from followups import FollowupSettings, OutputRelay, ReminderRenderer, TaskNotification, TaskState, TemplateError
 from followups.reminders import UNTRUSTED_NOTICE
 
 HEADER = "<system-reminder>\nThe following background tasks finished since your last turn:\n\n"
@@ -221,6 +221,11 @@ def test_untrusted_marking_works_with_custom_templates(tmp_path: Path) -> None:
     followup = marked.render_followup(MIXED[:1])
     assert followup == f"<system-reminder>\n{UNTRUSTED_NOTICE}\nthe answer is 42</system-reminder>"
     assert marked.render_prompt(MIXED[:1], "p") == f"{UNTRUSTED_NOTICE}\nthe answer is 42|p"
+
+
+def test_the_setting_reaches_the_renderer_of_the_relay(tmp_path: Path) -> None:
+    relay = OutputRelay(FollowupSettings(relay_dir=tmp_path / "relay", mark_untrusted_results=True))
+    assert UNTRUSTED_NOTICE in relay.renderer.render_followup(MIXED[:1])
 
 
 # -- shared renderers ------------------------------------------------------------------------
