@@ -9,7 +9,7 @@ from hypothesis import given, settings, strategies as st
 
 from followups.truncation import Preview, build_preview, count_lines, cut_to_bytes, head_cap
 
-CUT_LINE = re.compile(r"^(?P<kept>.*) …\[\+(?P<dropped>\d+) chars\]$", re.DOTALL)
+CUT_LINE = re.compile(r"^(?P<kept>.*) \.\.\.\[\+(?P<dropped>\d+) chars\]$", re.DOTALL)
 ELISION = re.compile(r"(\d+) lines elided")
 
 property_settings = settings(max_examples=100, deadline=None, database=None)
@@ -60,17 +60,17 @@ def test_head_cap_at_exact_limit_is_unchanged() -> None:
 def test_head_cap_keeps_exactly_limit_characters_and_counts_the_dropped_ones() -> None:
     text = "abcdefghij" * 10  # 100 characters
     capped = head_cap(text, 30, "task error")
-    assert capped == text[:30] + "…[task error truncated: dropped 70 of 100 characters]"
+    assert capped == text[:30] + "...[task error truncated: dropped 70 of 100 characters]"
 
 
 def test_head_cap_counts_characters_not_bytes() -> None:
     text = "€" * 40
     capped = head_cap(text, 10, "output")
-    assert capped == "€" * 10 + "…[output truncated: dropped 30 of 40 characters]"
+    assert capped == "€" * 10 + "...[output truncated: dropped 30 of 40 characters]"
 
 
 def test_head_cap_limit_zero_keeps_only_the_marker() -> None:
-    assert head_cap("abc", 0, "cancel reason") == "…[cancel reason truncated: dropped 3 of 3 characters]"
+    assert head_cap("abc", 0, "cancel reason") == "...[cancel reason truncated: dropped 3 of 3 characters]"
 
 
 @pytest.mark.parametrize("limit", [-1, -100, 1.5, 10.0, "10", None])
@@ -205,7 +205,7 @@ def test_build_preview_of_long_lines_fewer_than_head_plus_tail_stays_in_budget()
     assert preview.total_lines == 5
     shown = [line for line in preview.text.split("\n") if elided_in(line) is None]
     assert len(shown) + preview.elided_lines == 5
-    for rendered, original in zip(shown, lines):
+    for rendered, original in zip(shown, lines, strict=False):
         assert rendered != original, "a 1003-byte line cannot fit a 600-byte budget whole"
         assert_shows(rendered, original)
 
@@ -220,7 +220,7 @@ def test_build_preview_drops_lines_into_the_elision_count_when_even_cut_lines_do
     head, tail = shown[: markers[0]], shown[markers[0] + 1 :]
     assert head and tail, "both ends of the output should stay visible"
     assert elided_in(shown[markers[0]]) == preview.elided_lines == 5000 - len(head) - len(tail)
-    for rendered, original in zip(head + tail, lines[: len(head)] + lines[len(lines) - len(tail) :]):
+    for rendered, original in zip(head + tail, lines[: len(head)] + lines[len(lines) - len(tail) :], strict=True):
         assert_shows(rendered, original)
 
 

@@ -62,7 +62,7 @@ class StoreCore:
         self.store = store
         self.settings = settings
         self.backend = backend
-        self.relay = relay or OutputRelay(settings)
+        self.relay = relay or OutputRelay.shared(settings)
         self.renderer: ReminderRenderer = self.relay.renderer
         self.bounds = OutputBounds(self.relay, settings.max_error_chars)
         self.hub = EventHub()
@@ -75,6 +75,7 @@ class StoreCore:
         self._closed = False
         self._background: concurrent.futures.ThreadPoolExecutor | None = None
         self.epoch = backend.connect(self, now=clock())
+        self._stop_referencing = self.relay.add_referenced_paths(backend.referenced_relay_paths)
 
     # -- LedgerListener -----------------------------------------------------------------------
 
@@ -203,6 +204,7 @@ class StoreCore:
         if self._closed:
             return
         self._closed = True
+        self._stop_referencing()
         self.kept.stop()
         if self._background is not None:
             self._background.shutdown(wait=True)

@@ -5,11 +5,30 @@ from __future__ import annotations
 import os
 import sys
 from pathlib import Path
-from typing import Self
+from typing import Any, Literal, Self
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 __all__ = ["FollowupSettings", "default_relay_dir"]
+
+MIB = 1024 * 1024
+_NUMBER_FIELDS = (
+    "capacity",
+    "max_concurrent",
+    "max_error_chars",
+    "relay_inline_max_bytes",
+    "relay_max_lines",
+    "relay_head_lines",
+    "relay_tail_lines",
+    "relay_retention_seconds",
+    "reminder_budget_chars",
+    "relay_max_file_bytes",
+    "relay_max_total_bytes",
+    "max_pending",
+    "delivery_lease_seconds",
+    "stall_after_seconds",
+    "inbox_max_messages",
+)
 
 
 def default_relay_dir() -> Path:
@@ -33,7 +52,9 @@ class FollowupSettings(BaseModel):
     """Limits and locations for the store, the output relay and the reminders.
 
     Immutable once built. An invalid value raises :class:`pydantic.ValidationError` at
-    construction, and the message names the field.
+    construction, and the message names the field: a number out of range or given as a
+    boolean, a path with a NUL character or a ``~user`` that does not exist. A relative
+    ``relay_dir`` is made absolute against the working directory at construction.
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid", validate_default=True)
@@ -63,6 +84,25 @@ class FollowupSettings(BaseModel):
     reminder_budget_chars: int = Field(
         default=32000, ge=256, description="Most characters one reminder may carry; the rest waits."
     )
+    relay_max_file_bytes: int = Field(
+        default=256 * MIB,
+        ge=64 * 1024,
+        description="A relayed file keeps at most this many bytes: the output's head and tail.",
+    )
+    relay_max_total_bytes: int = Field(
+        default=1024 * MIB,
+        ge=64 * 1024,
+        description="Relayed files in relay_dir stay within this total; the oldest unreferenced go first.",
+    )
+    durability: Literal["normal", "full"] = Field(
+        default="normal",
+        description='"full" fsyncs each relayed file and relay_dir before the relay returns.',
+    )
+    mark_untrusted_results: bool = Field(
+        default=False,
+        description="Add a line to each reminder saying its results are untrusted data, not instructions.",
+    )
+
     max_pending: int = Field(
         default=10_000,
         ge=1,
@@ -80,20 +120,33 @@ class FollowupSettings(BaseModel):
         default=256, ge=1, description="Unread messages a running subagent's inbox may hold."
     )
 
+    @field_validator(*_NUMBER_FIELDS, mode="before")
+    @classmethod
+    def _not_a_boolean(cls, value: Any) -> Any:
+        if isinstance(value, bool):
+            raise ValueError(f"must be a number, not the boolean {value!r}")
+        return value
+
+    @field_validator("relay_dir", "template_dir", mode="before")
+    @classmethod
+    def _no_nul_character(cls, value: Any) -> Any:
+        if isinstance(value, str | os.PathLike) and "\x00" in os.fsdecode(value):
+            raise ValueError("must not contain a NUL character")
+        return value
+
     @field_validator("relay_dir")
     @classmethod
-    def _relay_dir_is_absolute(cls, value: Path) -> Path:
-        value = value.expanduser()
-        if not value.is_absolute():
-            raise ValueError(f"must be an absolute path, got {str(value)!r}")
-        return value
+    def _relay_dir_is_made_absolute(cls, value: Path) -> Path:
+        """A relative path resolves against the working directory of the construction."""
+        value = _expand_user(value)
+        return value if value.is_absolute() else Path(os.path.abspath(value))
 
     @field_validator("template_dir")
     @classmethod
     def _template_dir_exists(cls, value: Path | None) -> Path | None:
         if value is None:
             return None
-        value = value.expanduser()
+        value = _expand_user(value)
         if not value.is_dir():
             raise ValueError(f"must be an existing directory, got {str(value)!r}")
         return value.resolve()
@@ -110,4 +163,22 @@ class FollowupSettings(BaseModel):
                 f"relay_head_lines + relay_tail_lines ({self.relay_head_lines} + "
                 f"{self.relay_tail_lines}) must not exceed relay_max_lines ({self.relay_max_lines})"
             )
+        if self.relay_max_file_bytes < self.relay_inline_max_bytes:
+            raise ValueError(
+                f"relay_max_file_bytes ({self.relay_max_file_bytes}) must not be smaller than "
+                f"relay_inline_max_bytes ({self.relay_inline_max_bytes})"
+            )
+        if self.relay_max_total_bytes < self.relay_max_file_bytes:
+            raise ValueError(
+                f"relay_max_total_bytes ({self.relay_max_total_bytes}) must not be smaller than "
+                f"relay_max_file_bytes ({self.relay_max_file_bytes}): one file must fit"
+            )
         return self
+
+
+def _expand_user(path: Path) -> Path:
+    """``path`` with a leading ``~`` or ``~user`` expanded; ``ValueError`` if that is impossible."""
+    try:
+        return path.expanduser()
+    except RuntimeError as exc:  # no such user, or no home directory to expand "~" to
+        raise ValueError(f"cannot expand {str(path)!r}: {exc}") from None

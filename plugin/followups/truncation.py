@@ -1,30 +1,71 @@
 """Bounding text: ``head_cap`` for errors, and the head/tail preview of a relayed output.
 
-Both are pure functions over ``str``. The preview never copies more of a huge input than it
-can show, so a 5 MB single line costs a bounded slice, not a split of the whole text.
+All are pure functions. The preview never copies more of a huge input than it can show, so a
+5 MB single line costs a bounded slice, not a split of the whole text.
+
+Every marker is ASCII, so a preview of an ASCII output is itself ASCII (one byte a character in
+memory). One UTF-8 error policy holds throughout: a lone surrogate (what ``surrogateescape``
+decoding leaves in a ``str``) counts as, and is written as, U+FFFD REPLACEMENT CHARACTER; see
+:func:`replace_surrogates`.
 """
 
 from __future__ import annotations
 
+import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 
-__all__ = ["Preview", "build_preview", "count_lines", "cut_to_bytes", "head_cap"]
+__all__ = [
+    "Preview",
+    "build_preview",
+    "count_lines",
+    "count_newlines",
+    "cut_to_bytes",
+    "head_cap",
+    "preview_of_lines",
+    "replace_surrogates",
+    "utf8_size",
+]
 
 # A cut line keeps at least this many bytes before lines are dropped from the preview instead.
 _MIN_LINE_BYTES = 32
+_SURROGATE = re.compile("[\ud800-\udfff]")
+# Below this many bytes a line, ``bytes.count`` beats the memchr-driven ``bytes.replace``.
+_DENSE_LINE_BYTES = 20
+_DENSITY_SAMPLE_BYTES = 4096
 
 
-def head_cap(text: str, limit: int, what: str) -> str:
+def replace_surrogates(text: str) -> str:
+    """``text`` with every lone surrogate replaced by U+FFFD, so that it encodes to UTF-8.
+
+    This is the one error policy of the relay and the reminders: the relayed file, the preview
+    and the reminder all carry U+FFFD where the text held a surrogate, so they agree.
+    """
+    if text.isascii():
+        return text
+    return _SURROGATE.sub("\ufffd", text)
+
+
+def utf8_size(text: str) -> int:
+    """The UTF-8 size of ``text`` under the surrogate policy (a surrogate, like U+FFFD, is 3 bytes)."""
+    if text.isascii():
+        return len(text)
+    return len(text.encode("utf-8", "surrogatepass"))
+
+
+def head_cap(text: str, limit: int, what: str, *, total_chars: int | None = None) -> str:
     """Keep the first ``limit`` characters of ``text`` and append a marker saying what was cut.
 
     Text within the limit comes back unchanged. Otherwise the result is the head followed by
-    ``…[<what> truncated: dropped N of M characters]``.
+    ``...[<what> truncated: dropped N of M characters]``. ``total_chars`` is the length of the
+    whole text when ``text`` is only its beginning (it defaults to ``len(text)``).
     """
     if not isinstance(limit, int) or isinstance(limit, bool) or limit < 0:
         raise ValueError(f"head_cap limit must be a non-negative int, got {limit!r}")
-    if len(text) <= limit:
+    total = len(text) if total_chars is None else total_chars
+    if total <= limit:
         return text
-    return f"{text[:limit]}…[{what} truncated: dropped {len(text) - limit} of {len(text)} characters]"
+    return f"{text[:limit]}...[{what} truncated: dropped {total - limit} of {total} characters]"
 
 
 def count_lines(text: str) -> int:
@@ -34,21 +75,37 @@ def count_lines(text: str) -> int:
     return text.count("\n") + (0 if text.endswith("\n") else 1)
 
 
+def count_newlines(data: bytes) -> int:
+    """The number of ``b"\\n"`` in ``data``, by the fastest of two scans for its density.
+
+    ``bytes.replace`` finds newlines with ``memchr``, several times faster than ``bytes.count``
+    on ordinary lines; on lines shorter than about 20 bytes its per-newline cost loses, so a
+    sample of the start picks ``bytes.count`` there.
+    """
+    sample = min(len(data), _DENSITY_SAMPLE_BYTES)
+    if data.count(b"\n", 0, sample) * _DENSE_LINE_BYTES > sample:
+        return data.count(b"\n")
+    return len(data) - len(data.replace(b"\n", b""))
+
+
 def cut_to_bytes(text: str, max_bytes: int) -> str:
     """The longest prefix of ``text`` whose UTF-8 encoding fits in ``max_bytes``.
 
-    Never splits a character. Only ``max_bytes`` characters are ever encoded, however long
-    ``text`` is.
+    Never splits a character. A lone surrogate counts as U+FFFD and comes back as U+FFFD.
+    Only ``max_bytes`` characters are ever encoded, however long ``text`` is.
     """
-    head = text[:max_bytes].encode("utf-8", "replace")
-    if len(head) <= max_bytes:
-        return text[:max_bytes]
-    return head[:max_bytes].decode("utf-8", "ignore")
+    head = replace_surrogates(text[:max_bytes])
+    if head.isascii():
+        return head
+    data = head.encode("utf-8")
+    if len(data) <= max_bytes:
+        return head
+    return data[:max_bytes].decode("utf-8", "ignore")
 
 
 @dataclass(frozen=True, slots=True)
 class _Line:
-    text: str  # possibly already cut to the budget
+    text: str  # possibly already cut to the budget; valid UTF-8
     chars: int  # the full line's length in characters
     encoded_bytes: int  # UTF-8 size of ``text``
 
@@ -68,9 +125,10 @@ def build_preview(
     """The first ``head_lines`` and last ``tail_lines`` lines of ``text``, with a marker that
     counts the lines left out, in at most ``max_bytes`` UTF-8 bytes.
 
-    Long lines are cut (each keeps a fair share of the budget and a ``…[+N chars]`` marker);
+    Long lines are cut (each keeps a fair share of the budget and a ``...[+N chars]`` marker);
     if even short cuts do not fit, lines nearest the marker are dropped and counted as elided.
     ``total_lines`` is ``count_lines(text)`` if the caller has it already.
+    Raises ``ValueError`` if ``max_bytes`` is negative.
     """
     if max_bytes < 0:
         raise ValueError(f"max_bytes must be non-negative, got {max_bytes}")
@@ -80,6 +138,31 @@ def build_preview(
     else:
         head = _first_lines(text, head_lines, max_bytes)
         tail = _last_lines(text, tail_lines, max_bytes)
+    return _fit_preview(head, tail, total, max_bytes)
+
+
+def preview_of_lines(
+    head: Sequence[tuple[str, int]], tail: Sequence[tuple[str, int]], *, total_lines: int, max_bytes: int
+) -> Preview:
+    """The preview :func:`build_preview` makes, from lines already picked out of a text that
+    is no longer whole in memory (a stream).
+
+    ``head`` and ``tail`` are the first and last lines to show, each as ``(start, chars)``:
+    the line's beginning (at least ``max_bytes`` characters of it, when it is that long) and
+    its full length in characters. Lines between them, ``total_lines - len(head) - len(tail)``,
+    are counted as elided. Raises ``ValueError`` if ``max_bytes`` is negative.
+    """
+    if max_bytes < 0:
+        raise ValueError(f"max_bytes must be non-negative, got {max_bytes}")
+    return _fit_preview(
+        [_make_line(start, 0, len(start), max_bytes, chars) for start, chars in head],
+        [_make_line(start, 0, len(start), max_bytes, chars) for start, chars in tail],
+        total_lines,
+        max_bytes,
+    )
+
+
+def _fit_preview(head: list[_Line], tail: list[_Line], total: int, max_bytes: int) -> Preview:
     elided = total - len(head) - len(tail)
     while True:
         fitted = _fit_lines(head, tail, elided, max_bytes)
@@ -102,7 +185,7 @@ def _first_lines(text: str, count: int, max_chars: int) -> list[_Line]:
         end = text.find("\n", start)
         if end == -1:
             end = len(text)
-        lines.append(_make_line(text, start, end, max_chars))
+        lines.append(_make_line(text, start, end, max_chars, end - start))
         start = end + 1
         if start >= len(text):
             break
@@ -114,7 +197,7 @@ def _last_lines(text: str, count: int, max_chars: int) -> list[_Line]:
     end = len(text) - 1 if text.endswith("\n") else len(text)
     for _ in range(count):
         start = text.rfind("\n", 0, end) + 1
-        lines.append(_make_line(text, start, end, max_chars))
+        lines.append(_make_line(text, start, end, max_chars, end - start))
         end = start - 1
         if end < 0:
             break
@@ -122,17 +205,17 @@ def _last_lines(text: str, count: int, max_chars: int) -> list[_Line]:
     return lines
 
 
-def _make_line(text: str, start: int, end: int, max_chars: int) -> _Line:
-    shown = text[start : min(end, start + max_chars)]
-    return _Line(shown, end - start, len(shown.encode("utf-8", "replace")))
+def _make_line(text: str, start: int, end: int, max_chars: int, chars: int) -> _Line:
+    shown = replace_surrogates(text[start : min(end, start + max_chars)])
+    return _Line(shown, chars, len(shown) if shown.isascii() else len(shown.encode("utf-8")))
 
 
 def _cut_marker(dropped_chars: int) -> str:
-    return f" …[+{dropped_chars} chars]"
+    return f" ...[+{dropped_chars} chars]"
 
 
 def _elision_marker(elided: int) -> str:
-    return f"[… {elided} lines elided …]"
+    return f"[... {elided} lines elided ...]"
 
 
 def _render_line(line: _Line, cap: int) -> str:
@@ -146,12 +229,12 @@ def _line_cost(line: _Line, cap: int) -> int:
     """An upper bound on the bytes ``_render_line(line, cap)`` produces."""
     if line.encoded_bytes <= cap and len(line.text) == line.chars:
         return line.encoded_bytes
-    return cap + len(_cut_marker(line.chars).encode())
+    return cap + len(_cut_marker(line.chars))
 
 
 def _fit_lines(head: list[_Line], tail: list[_Line], elided: int, max_bytes: int) -> str | None:
     lines = head + tail
-    marker_bytes = len(_elision_marker(elided).encode()) if elided else 0
+    marker_bytes = len(_elision_marker(elided)) if elided else 0
     newlines = max(len(lines) + (1 if elided else 0) - 1, 0)
     budget = max_bytes - marker_bytes - newlines
     if budget < 0:
