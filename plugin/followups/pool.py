@@ -253,6 +253,7 @@ class SubagentPool:
             request,
             if_exists="refuse_live" if explicit else "refuse",
             max_running=self.max_concurrent,
+            max_running_total=self.session.settings.max_concurrent_total,
             when_full=self.when_full,
             max_queued=self.max_queued,
             has_inbox=True,
@@ -391,7 +392,13 @@ class SubagentPool:
 
     def _refusal(self, refused: AdmissionRefused) -> CapacityExceeded:
         in_flight = refused.running + refused.queued
-        if refused.reason == "cap":
+        if refused.reason == "total_cap":
+            message = (
+                f"Cannot start another background task: {refused.running} subagents are running across "
+                f"all conversations, the most this service allows at once. Do not retry in a loop: wait "
+                f"for a completion notice in a <system-reminder>, or do this piece of work inline yourself."
+            )
+        elif refused.reason == "cap":
             message = (
                 f"Cannot start another background task: {refused.running} of {self.max_concurrent} "
                 f"subagent slots are in use. Do not retry in a loop: each running task reports its "

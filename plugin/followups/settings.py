@@ -25,6 +25,7 @@ _NUMBER_FIELDS = (
     "relay_max_file_bytes",
     "relay_max_total_bytes",
     "max_pending",
+    "max_concurrent_total",
     "delivery_lease_seconds",
     "stall_after_seconds",
     "inbox_max_messages",
@@ -103,6 +104,11 @@ class FollowupSettings(BaseModel):
         description="Add a line to each reminder saying its results are untrusted data, not instructions.",
     )
 
+    max_concurrent_total: int | None = Field(
+        default=None,
+        ge=1,
+        description="Subagents that may run at once across every session of the store (None: no such cap).",
+    )
     max_pending: int = Field(
         default=10_000,
         ge=1,

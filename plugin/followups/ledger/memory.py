@@ -216,6 +216,7 @@ class _Session:
     __slots__ = (
         "available",
         "capped_queued",
+        "cap",
         "capped_running",
         "changed",
         "children",
@@ -243,6 +244,7 @@ class _Session:
         self.running = 0
         self.queued = 0
         self.capped_running = 0
+        self.cap: int | None = None  # the last concurrency cap a create of this session named
         self.capped_queued = 0
         self.pending: dict[Any, _Entry] = {}  # in finish order
         self.available = 0
@@ -270,6 +272,7 @@ class MemoryBackend:
         self._generations = itertools.count(1)
         self._sequence = 0
         self._next_expiry = float("inf")
+        self._total_cap: int | None = None
         self._listeners: dict[str, LedgerListener] = {}
         self._epochs = itertools.count(1)
 
@@ -325,15 +328,19 @@ class MemoryBackend:
                 raise PendingLimitReached(pending=len(session.pending), limit=request.max_pending)
             superseded_slot = existing is not None and existing.capped and existing.state.status is _RUNNING
             if request.max_running is not None:
-                holding = session.capped_running - (1 if superseded_slot else 0)
-                if holding < request.max_running:
+                session.cap = request.max_running
+                self._total_cap = request.max_running_total
+                freed = 1 if superseded_slot else 0
+                under_cap = session.capped_running - freed < request.max_running
+                under_total = request.max_running_total is None or self._running_total() - freed < request.max_running_total
+                if under_cap and under_total:
                     state = _RUNNING_STATE
                 elif request.when_full == "queue" and session.capped_queued < request.max_queued:
                     state = _QUEUED_STATE
                 else:
                     raise AdmissionRefused(
-                        "cap" if request.when_full == "reject" else "queue_full",
-                        running=session.capped_running,
+                        "queue_full" if request.when_full == "queue" else "cap" if not under_cap else "total_cap",
+                        running=session.capped_running if not under_cap else self._running_total(),
                         queued=session.capped_queued,
                     )
             else:
@@ -962,6 +969,18 @@ class MemoryBackend:
                     self._admit_next(session, effects)
 
     def _admit_next(self, session: _Session, effects: builtins.list[Effect]) -> None:
+        """A capped slot was freed in ``session``: admit its oldest queued run, or, under a
+        store-wide cap, the oldest queued run of another session that has room."""
+        if self._total_cap is not None and self._running_total() >= self._total_cap:
+            return
+        if self._admit_from(session, effects) or self._total_cap is None:
+            return
+        for other in self._sessions.values():
+            if other is not session and other.cap is not None and other.capped_running < other.cap:
+                if self._admit_from(other, effects):
+                    return
+
+    def _admit_from(self, session: _Session, effects: builtins.list[Effect]) -> bool:
         while session.queue:
             run = session.queue.popleft()
             if run.state.status is not _QUEUED or session.records.get(run.task_id) is not run:
@@ -972,7 +991,11 @@ class MemoryBackend:
             session.running += 1
             session.capped_running += 1
             effects.append(RunAction(run.epoch, run.ref, "start"))
-            return
+            return True
+        return False
+
+    def _running_total(self) -> int:
+        return sum(session.capped_running for session in self._sessions.values())
 
     def _cascade(self, session: _Session, parent: _Run, effects: builtins.list[Effect], now: float) -> None:
         for child_id in sorted(session.children.get(parent.task_id, ())):

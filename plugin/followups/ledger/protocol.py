@@ -118,7 +118,9 @@ class CreateRequest:
     ``max_running`` set makes the run take part in its session's concurrency cap: it runs at
     once only while fewer than ``max_running`` capped runs of the session hold a slot; else it
     is queued (``when_full="queue"``, FIFO, at most ``max_queued`` waiting) or refused
-    (:class:`AdmissionRefused`). ``queued=True`` without a cap registers it as queued until
+    (:class:`AdmissionRefused`). ``max_running_total`` also bounds the capped runs holding a
+    slot across every session of the store; a queued run is admitted once both allow, from
+    whichever session frees a slot. ``queued=True`` without a cap registers it as queued until
     :meth:`LedgerBackend.start` (the store's ``insert(queued=True)``). ``capacity`` bounds the
     session's records and ``max_pending`` its waiting notifications.
     """
@@ -136,6 +138,7 @@ class CreateRequest:
     close_policy: ClosePolicy = "cancel"
     if_exists: IfExists = "supersede"
     max_running: int | None = None
+    max_running_total: int | None = None
     when_full: Literal["reject", "queue"] = "reject"
     max_queued: int = 0
     queued: bool = False
@@ -152,10 +155,11 @@ class Admission:
 
 
 class AdmissionRefused(Exception):
-    """:meth:`LedgerBackend.create` found the session at its cap (``reason="cap"``) or its queue
-    full (``reason="queue_full"``); ``running`` and ``queued`` are its capped runs then."""
+    """:meth:`LedgerBackend.create` found the session at its cap (``reason="cap"``), the store
+    at its store-wide cap (``"total_cap"``; ``running`` counts the whole store then), or the
+    session's queue full (``"queue_full"``); ``running`` and ``queued`` are capped runs."""
 
-    def __init__(self, reason: Literal["cap", "queue_full"], *, running: int, queued: int) -> None:
+    def __init__(self, reason: Literal["cap", "total_cap", "queue_full"], *, running: int, queued: int) -> None:
         super().__init__(f"admission refused ({reason}): {running} running, {queued} queued")
         self.reason = reason
         self.running = running
