@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
+from typing import Any
 
 import pytest
 import trio
@@ -31,7 +32,7 @@ def by_name(tools: list[Tool]) -> dict[str, Tool]:
     return {tool.name: tool for tool in tools}
 
 
-def call(tool: Tool, **arguments: str) -> ToolOutcome:
+def call(tool: Tool, **arguments: Any) -> ToolOutcome:
     parsed = tool.parse(arguments)
     assert not isinstance(parsed, ToolOutcome), parsed
     outcome = tool.handler(parsed)
@@ -187,3 +188,77 @@ async def test_invoke_lets_cancellation_through() -> None:
             scope.cancel()
     assert scope.cancelled_caught
     assert outcomes == [], "a cancelled tool call must not turn into an outcome"
+
+
+async def test_task_can_be_named_and_every_tool_takes_the_name(store: BackgroundStore) -> None:
+    subagents = Subagents()
+    async with SubagentPool(store) as pool:
+        tools = by_name(task_tools(pool, subagents))
+        ack = call(tools["task"], description="index", prompt="p", name="indexer")
+        assert "named 'indexer'" in ack.content
+        assert "Task " in call(tools["task_status"], task_id="indexer").content
+        assert "is being cancelled" in call(tools["cancel_task"], task_id="indexer").content
+        duplicate = call(tools["task"], description="again", prompt="p", name="indexer")
+        subagents.release.set()
+    assert duplicate.is_error and "already used by live task" in duplicate.content
+
+
+async def test_task_status_shows_progress_and_the_tasks_it_started(store: BackgroundStore) -> None:
+    release = trio.Event()
+
+    async def parent(request: TaskRequest, ctx: Any) -> str:
+        ctx.report_progress("scanned 3 of 9 modules")
+        pool.spawn(child)
+        await release.wait()
+        return "ok"
+
+    async def child() -> str:
+        await release.wait()
+        return "child ok"
+
+    async with SubagentPool(store, max_concurrent=4) as pool:
+        tools = by_name(task_tools(pool, parent))
+        task_id = task_id_of(call(tools["task"], description="scan", prompt="p"))
+        await trio.testing.wait_all_tasks_blocked()
+        status = call(tools["task_status"], task_id=task_id).content
+        listing = call(tools["list_tasks"]).content
+        release.set()
+    assert "is still running (for" in status
+    assert "Last progress," in status and "scanned 3 of 9 modules" in status
+    assert "Tasks it started: " in status and "(running)" in status
+    assert listing.splitlines()[0].startswith(f"- {task_id} [subagent] running (scan): scanned 3 of 9 modules")
+
+
+async def test_cancel_task_with_tree_also_cancels_what_the_task_started(store: BackgroundStore) -> None:
+    async def parent(request: TaskRequest) -> str:
+        pool.spawn(forever_child)
+        await trio.sleep_forever()
+        return "never"
+
+    async def forever_child() -> str:
+        await trio.sleep_forever()
+        return "never"
+
+    async with SubagentPool(store, max_concurrent=4) as pool:
+        tools = by_name(task_tools(pool, parent))
+        task_id = task_id_of(call(tools["task"], description="scan", prompt="p"))
+        await trio.testing.wait_all_tasks_blocked()
+        text = call(tools["cancel_task"], task_id=task_id, tree=True).content
+    assert "is being cancelled" in text and "Also cancelling 1 task(s) it started" in text
+
+
+async def test_send_message_reaches_the_task_or_says_why_not(store: BackgroundStore) -> None:
+    async def listener(request: TaskRequest, ctx: Any) -> str:
+        return f"heard {await ctx.inbox.receive()}"
+
+    async with SubagentPool(store, close="wait") as pool:
+        tools = by_name(task_tools(pool, listener))
+        task_id = task_id_of(call(tools["task"], description="listen", prompt="p"))
+        await trio.testing.wait_all_tasks_blocked()
+        sent = call(tools["send_message"], task_id=task_id, message="hello")
+        unknown = call(tools["send_message"], task_id="ghost", message="hello")
+    assert not sent.is_error and "Message delivered" in sent.content
+    assert unknown.is_error and "never existed" in unknown.content
+    finished = call(tools["send_message"], task_id=task_id, message="again")
+    assert finished.is_error and "is not running (current status: completed)" in finished.content
+    assert store.get(task_id).state.text == "heard hello"  # type: ignore[union-attr]

@@ -41,15 +41,19 @@ class ExternalTask:
     """The handle of a registered external task: report progress, then finish it once.
 
     ``cancel`` (given at registration) is called when a cancel is requested, from any thread or
-    process: on the loop it was registered on, or on the requesting thread when it was
-    registered outside any loop. It should stop the work; the work then calls :meth:`finish`
-    (with any state: a task whose cancel was requested finishes cancelled).
+    process: on the loop the task was registered on, or on the requesting thread when it was
+    registered outside any loop. It should stop the work. Then, with ``finish_on_cancel``, the
+    task is finished cancelled at once; without, the work reports its own final state with
+    :meth:`finish` once it has stopped (a shell that includes its output, say).
     """
 
-    def __init__(self, session: Session, ref: RunRef, cancel: Callable[[], object] | None) -> None:
+    def __init__(
+        self, session: Session, ref: RunRef, cancel: Callable[[], object] | None, *, finish_on_cancel: bool
+    ) -> None:
         self.session = session
         self.ref = ref
         self._cancel = cancel
+        self._finish_on_cancel = finish_on_cancel
         self._loop = EventLoopHandle.current_or_none()
         self.cancel_reason: str | None = None
 
@@ -70,20 +74,20 @@ class ExternalTask:
 
     # RunHandler
     def on_cancel(self, reason: str) -> None:
-        self.cancel_reason = reason
-        callback = self._cancel
-        if callback is None:
-            return
+        if self.cancel_reason is None:
+            self.cancel_reason = reason
         loop = self._loop
-        if loop is None or loop.in_loop_thread() or not loop.call_soon(self._run_cancel):
-            self._run_cancel()
+        if loop is None or loop.in_loop_thread() or not loop.call_soon(self._carry_out_cancel):
+            self._carry_out_cancel()
 
-    def _run_cancel(self) -> None:
-        assert self._cancel is not None
-        try:
-            self._cancel()
-        except Exception:
-            logger.warning("the cancel callback of external task %r failed", self.id, exc_info=True)
+    def _carry_out_cancel(self) -> None:
+        if self._cancel is not None:
+            try:
+                self._cancel()
+            except Exception:
+                logger.warning("the cancel callback of external task %r failed", self.id, exc_info=True)
+        if self._finish_on_cancel:
+            self.finish(TaskState.cancelled(self.cancel_reason or "cancelled"))
 
     def on_start(self) -> None:
         pass
@@ -101,10 +105,11 @@ def register_external(
     *,
     cancel: Callable[[], object] | None = None,
     use_slot: bool = False,
+    finish_on_cancel: bool = True,
 ) -> ExternalTask:
     """Register an external task in ``session`` and return its handle; it is running from now.
 
-    ``use_slot`` makes it take one of the session's ``max_concurrent`` slots (refused with
+    ``cancel`` and ``finish_on_cancel``: see :class:`ExternalTask`. ``use_slot`` makes it take one of the session's ``max_concurrent`` slots (refused with
     :class:`~followups.CapacityExceeded` at the cap). Raises like :meth:`Session.insert` for a
     bad spec; an explicit ``spec.id`` that is live raises :class:`~followups.TaskIdInUse`.
     """
@@ -144,7 +149,7 @@ def register_external(
         break
     else:
         raise RuntimeError("1000 random task ids were all in use")
-    task = ExternalTask(session, admission.ref, cancel)
+    task = ExternalTask(session, admission.ref, cancel, finish_on_cancel=finish_on_cancel)
     session._core.local_runs.add(admission.ref, task)
     session.notify_started(admission.ref)
     return task

@@ -401,8 +401,8 @@ class ReminderRenderer:
                 item,
                 (
                     id if (id := notification.id).isascii() and "<" not in id else neutralize(id),
-                    status_text[(state := notification.state).status],
-                    text if (text := state.text).isascii() and "<" not in text else neutralize(text),
+                    "question" if notification.kind == "question" else status_text[notification.state.status],
+                    text if (text := notification.state.text).isascii() and "<" not in text else neutralize(text),
                 ),
             )
             for notification in notifications

@@ -25,6 +25,7 @@ import anyio.lowlevel
 from .core import StoreCore, unavailable
 from .errors import NameInUse
 from .events import Subscription
+from .external import ExternalTask, TaskSpec, register_external
 from .ledger.protocol import (
     Admission,
     BackendUnavailable,
@@ -52,8 +53,6 @@ from .state import (
 )
 from .truncation import head_cap
 
-if TYPE_CHECKING:
-    from .external import ExternalTask, TaskSpec
 
 __all__ = [
     "CANCELLED_BY_REQUEST",
@@ -436,13 +435,11 @@ class Session:
             raise unavailable(exc) from exc
 
     def register_external(
-        self, spec: TaskSpec, *, cancel: Any = None, use_slot: bool = False
+        self, spec: TaskSpec, *, cancel: Any = None, use_slot: bool = False, finish_on_cancel: bool = True
     ) -> ExternalTask:
-        """Register a task whose work runs elsewhere (a process, a remote job); see
-        :func:`followups.external.register_external`."""
-        from .external import register_external
-
-        return register_external(self, spec, cancel=cancel, use_slot=use_slot)
+        """Register a task whose work runs elsewhere (a process, a remote job) and return its
+        handle; see :func:`followups.external.register_external`."""
+        return register_external(self, spec, cancel=cancel, use_slot=use_slot, finish_on_cancel=finish_on_cancel)
 
     # -- delivery ---------------------------------------------------------------------------
 
