@@ -197,9 +197,9 @@ async def test_task_can_be_named_and_every_tool_takes_the_name(store: Background
         ack = call(tools["task"], description="index", prompt="p", name="indexer")
         assert "named 'indexer'" in ack.content
         assert "Task " in call(tools["task_status"], task_id="indexer").content
-        assert "is being cancelled" in call(tools["cancel_task"], task_id="indexer").content
         duplicate = call(tools["task"], description="again", prompt="p", name="indexer")
-        subagents.release.set()
+        await trio.testing.wait_all_tasks_blocked()
+        assert "is being cancelled" in call(tools["cancel_task"], task_id="indexer").content
     assert duplicate.is_error and "already used by live task" in duplicate.content
 
 
