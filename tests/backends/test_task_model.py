@@ -404,11 +404,11 @@ def test_transfer_racing_completion_delivers_once_in_the_successor(store: Backgr
         ref = old.insert("job")
         barrier = threading.Barrier(2)
 
-        def finish() -> None:
+        def finish(session: Any, run: Any, barrier: threading.Barrier) -> None:
             barrier.wait()
-            old.notify(ref, TaskState.completed("result"))
+            session.notify(run, TaskState.completed("result"))
 
-        thread = threading.Thread(target=finish)
+        thread = threading.Thread(target=finish, args=(old, ref, barrier))
         thread.start()
         barrier.wait()
         store.transfer(old.id, new.id)
