@@ -8,6 +8,7 @@ pool holds only what cannot leave this process: each local run's function and ca
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 import json
 import secrets
@@ -87,8 +88,9 @@ class SubagentPool:
     ``max_queued``; queued subagents are live records, so the bound keeps them from being
     evicted).
 
-    Outcomes: a returned string completes the task; any other value completes it with the value
-    rendered as text (:func:`render_result`); an exception fails it with ``Type: message``
+    Outcomes: a returned string completes the task; a returned final
+    :class:`~followups.TaskState` is the task's state as it is; any other value completes it
+    with the value rendered as text (:func:`render_result`); an exception fails it with ``Type: message``
     (whatever its ``__str__`` does); a timeout fails it saying so; a cancellation from the
     ledger (``cancel``, ``cancel_all``, a cancel tree, the pool closing) cancels it; a
     cancellation that comes from elsewhere (a future someone else cancelled) fails it. One
@@ -195,13 +197,17 @@ class SubagentPool:
         timeout: float | None = None,
         parent: str | None = _AMBIENT,
         close_policy: ClosePolicy = "cancel",
+        use_slot: bool = True,
+        inbox: bool = True,
     ) -> str:
         """Start ``fn(*args)`` in the background (or queue it) and return its task id at once.
 
         ``task_id`` defaults to a fresh id from ``id_factory``; an explicit id that is live
         raises :class:`~followups.TaskIdInUse`. ``name`` must be unique among the session's
         live tasks. ``parent`` defaults to the subagent the call is made from, if any.
-        ``timeout`` (seconds) fails the task if it runs longer. Raises
+        ``timeout`` (seconds) fails the task if it runs longer. ``use_slot=False`` runs it
+        outside the concurrency cap (a background shell, say); ``inbox=False`` gives it no
+        inbox (a send fails with :class:`~followups.NoInbox`). Raises
         :class:`CapacityExceeded` at the cap (``reject``) or when the queue is full
         (``queue``), :class:`~followups.PoolClosed` outside the block or while it shuts down.
         Never suspends; any thread.
@@ -227,7 +233,7 @@ class SubagentPool:
                 close_policy=close_policy,
             )
             try:
-                admission = session.create(self._capped(request, explicit))
+                admission = session.create(self._capped(request, explicit, use_slot=use_slot, inbox=inbox))
             except TaskIdInUse:
                 if explicit:
                     raise
@@ -246,17 +252,15 @@ class SubagentPool:
             self._on_loop(lambda: self._launch(run))
         return run.ref.task_id
 
-    def _capped(self, request: CreateRequest, explicit: bool) -> CreateRequest:
-        import dataclasses
-
+    def _capped(self, request: CreateRequest, explicit: bool, *, use_slot: bool, inbox: bool) -> CreateRequest:
         return dataclasses.replace(
             request,
             if_exists="refuse_live" if explicit else "refuse",
-            max_running=self.max_concurrent,
-            max_running_total=self.session.settings.max_concurrent_total,
+            max_running=self.max_concurrent if use_slot else None,
+            max_running_total=self.session.settings.max_concurrent_total if use_slot else None,
             when_full=self.when_full,
             max_queued=self.max_queued,
-            has_inbox=True,
+            has_inbox=inbox,
         )
 
     def _admitted_meanwhile(self, ref: RunRef) -> bool:
@@ -379,6 +383,8 @@ class SubagentPool:
             try:
                 with anyio.move_on_after(run.timeout) as deadline:
                     value = await run.fn(*run.args, **kwargs)
+                    if isinstance(value, TaskState) and value.is_finished:
+                        return value
                     return TaskState.completed(render_result(value))
             except anyio.get_cancelled_exc_class() as exc:
                 if _cancellation_is_pending():
