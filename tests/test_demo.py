@@ -17,21 +17,31 @@ def test_demo_session_shows_every_kind_of_outcome(tmp_path: Path, backend: str) 
     report = run_demo(DemoOptions(backend=backend, relay_dir=tmp_path), out)
     transcript = out.getvalue()
     assert report.refusals == 1
-    assert sorted(report.outcomes.values()) == ["cancelled", "completed", "completed", "completed", "completed", "failed"]
+    assert sorted(report.outcomes.values()) == ["cancelled", *["completed"] * 5, "failed"]
+    assert report.outcomes["run the test suite"] == "completed"
     assert all(r.startswith("<system-reminder>") and r.endswith("</system-reminder>") for r in report.reminders)
     assert "task error truncated" in transcript
-    relayed = list(tmp_path.iterdir())
-    assert len(relayed) == 1 and relayed[0].stat().st_size > 1_000_000
-    assert f"saved to {relayed[0]}" in transcript
+    relayed = {path.name.split("-")[0]: path for path in tmp_path.iterdir()}
+    assert relayed["task"].stat().st_size > 1_000_000, "the 1 MB test log"
+    assert relayed["shell"].read_text().count("\n") == 30001, "the shell's whole output"
+    for path in relayed.values():
+        assert f"saved to {path}" in transcript
     assert "lines elided" in transcript
     assert "▸ status: running" in transcript
     assert "Cannot start another background task: 4 of 4" in transcript
+    # a named task, steered by a message while it runs
+    assert "named 'readme'" in transcript
+    assert "README summary, as asked (Focus on the installation steps.)" in transcript
+    # a child of a subagent, cancelled with its parent by cancel_task(tree=true)
+    assert "Also cancelling 1 task(s) it started" in transcript
+    assert sorted(report.cancel_requests.values()) == ["user", "user"]
+    assert report.progress_lines >= 3 and "▸ progress crawler: crawled 1 pages" in transcript
 
 
 def test_demo_honours_the_cap_and_count_options(tmp_path: Path) -> None:
     out = io.StringIO()
     report = run_demo(DemoOptions(max_concurrent=2, subagents=8, relay_dir=tmp_path), out)
-    assert len(report.outcomes) == 8
+    assert len(report.outcomes) == 9, "eight subagents and the shell"
     assert report.refusals == 1
 
 

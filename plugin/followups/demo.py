@@ -1,10 +1,10 @@
-"""The ``followups demo`` session: a scripted main agent fans out subagents through the task
-tools, with a concurrency cap, and the reminders it receives are printed as it sees them."""
+"""The ``followups demo`` session: a scripted main agent fans out subagents and a background shell
+through the tools, under a concurrency cap, steers one of them with a message, cancels another
+with its child, and prints what the model receives at each call, with a live status line."""
 
 from __future__ import annotations
 
 import itertools
-import math
 import re
 import tempfile
 from collections.abc import Sequence
@@ -14,22 +14,42 @@ from typing import Any, TextIO
 
 import anyio
 
+from .context import TaskContext
 from .hooks import FollowupPlugin, UserMessage
 from .loop import AgentLoop, AssistantMessage, Message, ScriptedModel, ToolResultMessage, tool_call
 from .pool import SubagentPool
 from .settings import FollowupSettings
-from .state import LifecycleEvent, TaskFinished, TaskStarted
+from .shell import shell_tool
+from .state import (
+    LifecycleEvent,
+    TaskCancelRequested,
+    TaskFinished,
+    TaskProgress,
+    TaskRegistered,
+    TaskStarted,
+)
 from .store import BackgroundStore
 from .tools import TaskRequest, task_tools
 
 __all__ = ["DemoOptions", "DemoReport", "run_demo"]
 
-# What each demo subagent does, by role: seconds it takes, and how it ends.
 QUICK_SECONDS = 0.2
 FAILING_SECONDS = 0.4
 HUGE_SECONDS = 0.6
 HUGE_OUTPUT_LINES = 35_000  # about 1 MB
-ROLES = ("summarise the README", "dump the full test log", "run the flaky migration", "crawl the docs site")
+PROGRESS_SECONDS = 0.15
+STEERING_WAIT_SECONDS = 5.0
+README, TEST_LOG, MIGRATION, CRAWL = (
+    "summarise the README",
+    "dump the full test log",
+    "run the flaky migration",
+    "crawl the docs site",
+)
+ROLES = (README, TEST_LOG, MIGRATION, CRAWL)
+NAMES = {README: "readme", CRAWL: "crawler"}
+SHELL_DESCRIPTION = "run the test suite"
+SHELL_COMMAND = 'for i in $(seq 1 30000); do echo "test_$i ... PASSED"; done; echo "30000 passed"'
+STEERING = "Focus on the installation steps."
 
 
 @dataclass(frozen=True)
@@ -39,6 +59,7 @@ class DemoOptions:
     backend: str = "trio"
     template_dir: Path | None = None
     relay_dir: Path | None = None
+    store_url: str | None = None
 
 
 @dataclass
@@ -50,6 +71,8 @@ class DemoReport:
     refusals: int = 0
     outcomes: dict[str, str] = field(default_factory=dict)
     relay_dir: Path | None = None
+    progress_lines: int = 0
+    cancel_requests: dict[str, str] = field(default_factory=dict)  # task id -> who asked
 
 
 def run_demo(options: DemoOptions, out: TextIO) -> DemoReport:
@@ -61,34 +84,59 @@ def _descriptions(count: int) -> list[str]:
     return [ROLES[i] if i < len(ROLES) else f"check module {i - len(ROLES) + 1}" for i in range(count)]
 
 
-async def _subagent(request: TaskRequest) -> str:
+class DemoSubagents:
     """The demo's subagents: what each does depends on its description."""
-    if request.description == ROLES[1]:
-        await anyio.sleep(HUGE_SECONDS)
-        return "".join(f"test_{i:05d} ... PASSED ({i % 97} ms)\n" for i in range(HUGE_OUTPUT_LINES))
-    if request.description == ROLES[2]:
-        await anyio.sleep(FAILING_SECONDS)
-        frames = "".join(f'  File "migrations/step_{i:04d}.py", line {i}, in apply\n' for i in range(400))
-        raise RuntimeError(f"migration aborted after 400 steps\nTraceback (most recent call last):\n{frames}")
-    if request.description == ROLES[3]:
-        await anyio.sleep(math.inf)  # crawls until cancelled
-    await anyio.sleep(QUICK_SECONDS)
-    return f"Done: {request.description}. Everything looks fine."
+
+    def __init__(self) -> None:
+        self.pool: SubagentPool | None = None
+
+    async def __call__(self, request: TaskRequest, ctx: TaskContext) -> str:
+        if request.description == README:
+            ctx.report_progress("reading README.md")
+            with anyio.move_on_after(STEERING_WAIT_SECONDS):
+                focus = await ctx.inbox.receive()
+                ctx.report_progress(f"steered: {focus}")
+                return f"README summary, as asked ({focus}): pip install, then `followups demo`."
+            return "README summary: install with pip, then run `followups demo`."
+        if request.description == TEST_LOG:
+            await anyio.sleep(HUGE_SECONDS)
+            return "".join(f"test_{i:05d} ... PASSED ({i % 97} ms)\n" for i in range(HUGE_OUTPUT_LINES))
+        if request.description == MIGRATION:
+            await anyio.sleep(FAILING_SECONDS)
+            frames = "".join(f'  File "migrations/step_{i:04d}.py", line {i}, in apply\n' for i in range(400))
+            raise RuntimeError(f"migration aborted after 400 steps\nTraceback (most recent call last):\n{frames}")
+        if request.description == CRAWL:
+            assert self.pool is not None
+            self.pool.spawn(self._watch_queue, name="crawl-queue", kind="monitor", description="watch the crawl queue", use_slot=False)
+            for page in itertools.count(1):
+                ctx.report_progress(f"crawled {page} pages")
+                await anyio.sleep(PROGRESS_SECONDS)
+        await anyio.sleep(QUICK_SECONDS)
+        return f"Done: {request.description}. Everything looks fine."
+
+    async def _watch_queue(self, ctx: TaskContext) -> str:
+        for depth in itertools.count(40, -3):
+            ctx.report_progress(f"{max(depth, 0)} pages queued")
+            await anyio.sleep(PROGRESS_SECONDS * 2)
+        return "unreachable"
 
 
 class DemoScript:
     """The main agent's side of the session, played by a :class:`ScriptedModel`.
 
-    It fans out ``cap + 1`` subagents at once (so one is refused at the cap), ends its turn,
-    and then reacts to each reminder: it cancels the crawler once the first result is in,
-    retries refused work and starts the rest as slots free, and answers when all is done.
+    It fans out ``cap + 1`` subagents at once (so one is refused at the cap) and a background
+    shell, then reacts to each reminder: it steers the README summary with a message, cancels
+    the crawler and its child with ``cancel_task(tree=true)`` once the first result is in,
+    starts the rest as slots free, and answers when everything has reported.
     """
 
     def __init__(self, descriptions: list[str], max_concurrent: int) -> None:
         self.cap = max_concurrent
         self.to_start = list(descriptions)
-        self.in_flight: dict[str, str] = {}  # task id -> description
+        self.in_flight: dict[str, str] = {}  # task id -> description (subagents only)
+        self.shell_id: str | None = None
         self.outcomes: dict[str, str] = {}  # description -> final status
+        self.steered = False
         self.cancel_requested = False
 
     def __call__(self, messages: Sequence[Message]) -> AssistantMessage:
@@ -96,12 +144,23 @@ class DemoScript:
         last = messages[-1]
         if isinstance(last, UserMessage) and len(messages) == 1:
             first = self.to_start[: self.cap + 1]
-            return self._start(first, f"Fanning out {len(first)} subagents in the background.")
+            calls = [self._task_call(d) for d in first]
+            calls.append(tool_call("run_shell", command=SHELL_COMMAND, description=SHELL_DESCRIPTION))
+            return AssistantMessage(
+                content=f"Fanning out {len(first)} subagents and the test suite in the background.", tool_calls=calls
+            )
         if isinstance(last, UserMessage) and "<system-reminder>" in last.content:
             return self._react()
-        if self.in_flight or self.to_start:
+        if self.in_flight or self.to_start or self.shell_id:
             return AssistantMessage(content="Waiting for the background tasks; I will continue when they report.")
         return self._summary()
+
+    def _task_call(self, description: str) -> Any:
+        name = NAMES.get(description)
+        arguments: dict[str, str] = {"description": description, "prompt": f"Please {description}."}
+        if name:
+            arguments["name"] = name
+        return tool_call("task", **arguments)
 
     def _learn(self, messages: Sequence[Message]) -> None:
         """Read the newest tool results and reminders to update what is in flight."""
@@ -109,35 +168,41 @@ class DemoScript:
             if isinstance(message, AssistantMessage):
                 break
             if isinstance(message, ToolResultMessage) and message.name == "task":
-                started = re.match(r"Started background task (\S+) \((.*?)\)\.", message.content)
+                started = re.match(r"Started background task (\S+) \((.*?)\)", message.content)
                 if started and started.group(1) not in self.in_flight:
                     self.in_flight[started.group(1)] = started.group(2)
                     self.to_start.remove(started.group(2))
+            if isinstance(message, ToolResultMessage) and message.name == "run_shell":
+                started = re.match(r"Started background shell task (\S+) ", message.content)
+                if started:
+                    self.shell_id = started.group(1)
         last = messages[-1]
         if isinstance(last, UserMessage):
             for id, status in re.findall(r"^\[task (\S+)\] (completed|failed|cancelled):", last.content, re.M):
                 description = self.in_flight.pop(id, None)
                 if description is not None:
                     self.outcomes[description] = status
+                elif id == self.shell_id:
+                    self.outcomes[SHELL_DESCRIPTION] = status
+                    self.shell_id = None
 
     def _react(self) -> AssistantMessage:
         calls = []
-        crawler = next((id for id, d in self.in_flight.items() if d == ROLES[3]), None)
-        if crawler and self.outcomes and not self.cancel_requested:
+        live = set(self.in_flight.values())
+        if README in live and not self.steered:
+            self.steered = True
+            calls.append(tool_call("send_message", task_id=NAMES[README], message=STEERING))
+        if CRAWL in live and self.outcomes and not self.cancel_requested:
             self.cancel_requested = True
-            calls.append(tool_call("cancel_task", task_id=crawler))
+            calls.append(tool_call("cancel_task", task_id=NAMES[CRAWL], tree=True))
         free = self.cap - len(self.in_flight)
         starting = self.to_start[:free] if free > 0 else []
-        calls += [tool_call("task", description=d, prompt=f"Please {d}.") for d in starting]
+        calls += [self._task_call(d) for d in starting]
         if not calls:
-            if self.in_flight or self.to_start:
+            if self.in_flight or self.to_start or self.shell_id:
                 return AssistantMessage(content="Noted. Waiting for the remaining background tasks.")
             return self._summary()
         return AssistantMessage(content="Noted the results; adjusting the background work.", tool_calls=calls)
-
-    def _start(self, descriptions: list[str], text: str) -> AssistantMessage:
-        calls = [tool_call("task", description=d, prompt=f"Please {d}.") for d in descriptions]
-        return AssistantMessage(content=text, tool_calls=calls)
 
     def _summary(self) -> AssistantMessage:
         counts = {s: sum(1 for v in self.outcomes.values() if v == s) for s in ("completed", "failed", "cancelled")}
@@ -154,7 +219,9 @@ class _Transcript:
         self.out = out
         self.report = report
         self.shown = 0
-        self.status: dict[str, str] = {}
+        self.status: dict[str, str] = {}  # task label -> status
+        self.labels: dict[str, str] = {}  # task id -> label (name, or id)
+        self.last_status = ""
 
     def model_input(self, messages: Sequence[Message]) -> None:
         self.report.model_calls += 1
@@ -171,16 +238,34 @@ class _Transcript:
         self.out.write(_describe(reply) + "\n")
 
     def lifecycle(self, event: LifecycleEvent) -> None:
+        if isinstance(event, TaskRegistered):
+            self.labels[event.id] = event.task.name or event.id
+            self.status[self.labels[event.id]] = event.task.state.status.value
+            return
+        label = self.labels.get(event.id, event.id)
         if isinstance(event, TaskStarted):
-            self.status[event.id] = "running"
+            self.status[label] = "running"
         elif isinstance(event, TaskFinished):
-            self.status[event.id] = event.notification.state.status.value
-        running = sorted(id for id, s in self.status.items() if s == "running")
+            self.status[label] = event.notification.state.status.value
+        elif isinstance(event, TaskProgress):
+            self.report.progress_lines += 1
+            self.out.write(f"   ▸ progress {label}: {event.message}\n")
+            return
+        elif isinstance(event, TaskCancelRequested):
+            self.report.cancel_requests[event.id] = event.by
+            self.out.write(f"   ▸ cancel requested for {label} (by {event.by})\n")
+            return
+        else:
+            return
+        running = sorted(label for label, status in self.status.items() if status == "running")
         finished = {s: sum(1 for v in self.status.values() if v == s) for s in ("completed", "failed", "cancelled")}
-        self.out.write(
+        line = (
             f"   ▸ status: running [{', '.join(running)}] · completed {finished['completed']}"
             f" · failed {finished['failed']} · cancelled {finished['cancelled']}\n"
         )
+        if line != self.last_status:
+            self.out.write(line)
+            self.last_status = line
 
 
 def _describe(message: Message) -> str:
@@ -217,31 +302,42 @@ async def _session(options: DemoOptions, out: TextIO) -> DemoReport:
     report.relay_dir = relay_dir
     settings = FollowupSettings(
         max_concurrent=options.max_concurrent,
-        capacity=max(32, options.subagents + options.max_concurrent),
+        capacity=max(32, options.subagents + options.max_concurrent + 2),
         relay_dir=relay_dir,
         template_dir=options.template_dir,
     )
     transcript = _Transcript(out, report)
-    store = BackgroundStore(settings, ui_sink=transcript.lifecycle)
+    store = BackgroundStore.open(options.store_url, settings) if options.store_url else BackgroundStore(settings)
     script = DemoScript(_descriptions(options.subagents), options.max_concurrent)
-
-    async def run_subagent(request: TaskRequest) -> str:
-        return await _subagent(request)
-
+    subagents = DemoSubagents()
     out.write(
-        f"followups demo: {options.subagents} subagents, at most {options.max_concurrent} at once, "
-        f"on {options.backend}; relayed outputs go to {relay_dir}\n"
+        f"followups demo: {options.subagents} subagents, at most {options.max_concurrent} at once, and a "
+        f"background shell, on {options.backend}; relayed outputs go to {relay_dir}\n"
     )
     numbers = itertools.count(1)
-    async with SubagentPool(
-        store, max_concurrent=options.max_concurrent, id_factory=lambda: f"sub{next(numbers)}"
-    ) as pool:
-        tools = task_tools(pool, run_subagent)
-        model = _ShowingModel(ScriptedModel(itertools.repeat(script)), transcript)
-        loop = AgentLoop(model, tools, idle_resume=pool)
-        FollowupPlugin(store).register(loop)
-        final = await loop.run("Audit this repository: use background subagents for the slow parts.")
+    with store:
+        async with anyio.create_task_group() as status_line:
+            events = store.subscribe()
+            status_line.start_soon(_show_events, events, transcript)
+            async with SubagentPool(
+                store, max_concurrent=options.max_concurrent, id_factory=lambda: f"sub{next(numbers)}"
+            ) as pool:
+                subagents.pool = pool
+                tools = [*task_tools(pool, subagents), shell_tool(pool)]
+                model = _ShowingModel(ScriptedModel(itertools.repeat(script)), transcript)
+                loop = AgentLoop(model, tools, idle_resume=pool, max_model_calls=100)
+                FollowupPlugin(store).register(loop)
+                final = await loop.run("Audit this repository: use background subagents for the slow parts.")
+            await anyio.sleep(0)  # let the status line show the last events
+            events.close()
     report.outcomes = dict(script.outcomes)
     out.write(f"\n══ session over ══\n{final.content}\n")
     return report
+
+
+async def _show_events(events: Any, transcript: _Transcript) -> None:
+    async for event in events:
+        if not isinstance(event, (TaskRegistered, TaskStarted, TaskProgress, TaskCancelRequested, TaskFinished)):
+            continue
+        transcript.lifecycle(event)
 

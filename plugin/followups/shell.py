@@ -14,13 +14,16 @@ from collections.abc import Callable
 
 import anyio
 import anyio.abc
+from pydantic import BaseModel, Field
 
 from .context import TaskContext
+from .errors import NameInUse, StoreUnavailable
 from .pool import SubagentPool
 from .relay import RelayOutcome
 from .state import TaskState
+from .tools import Tool, ToolOutcome
 
-__all__ = ["KILL_GRACE_SECONDS", "spawn_shell"]
+__all__ = ["KILL_GRACE_SECONDS", "RunShellArgs", "shell_tool", "spawn_shell"]
 
 KILL_GRACE_SECONDS = 5.0
 _PROGRESS_EVERY_SECONDS = 1.0
@@ -134,3 +137,33 @@ def _with_output(headline: str, outcome: RelayOutcome, limit: int) -> str:
         return text
     head = f"The command {headline}. The end of its output:\n..."
     return head + text[len(text) - (limit - len(head)) :]
+
+
+class RunShellArgs(BaseModel):
+    command: str = Field(min_length=1, description="The shell command to run in the background.")
+    description: str = Field(default="", max_length=200, description="A few words naming what it does.")
+    name: str | None = Field(default=None, min_length=1, max_length=64, description="Optional short name.")
+
+
+def shell_tool(pool: SubagentPool) -> Tool:
+    """The model-facing ``run_shell`` tool: :func:`spawn_shell` over ``pool``. Its handler is
+    synchronous, so it runs wherever the task tools run."""
+
+    def run_shell(args: RunShellArgs) -> ToolOutcome:
+        try:
+            task_id = spawn_shell(pool, args.command, description=args.description, name=args.name)
+        except (NameInUse, StoreUnavailable, ValueError) as exc:
+            return ToolOutcome(str(exc), is_error=True)
+        return ToolOutcome(
+            f"Started background shell task {task_id} ({args.description or args.command[:80]}). Its whole output "
+            f"is saved to a file; the result, with a preview, arrives automatically in a <system-reminder> "
+            f"when the command exits. Do not poll."
+        )
+
+    return Tool(
+        "run_shell",
+        "Run a shell command in the background. Returns its task id at once; its output arrives later, by "
+        "itself, in a <system-reminder>.",
+        RunShellArgs,
+        run_shell,
+    )

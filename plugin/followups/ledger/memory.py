@@ -1012,8 +1012,8 @@ class MemoryBackend:
         if run.cancel_by is None:
             run.cancel_by = by
             run.cancel_reason = reason
-        if self._wants_events():
-            effects.append(TaskCancelRequested(run.task_id, run.cancel_by, run.cancel_reason, run.session, run.kind))
+            if self._wants_events():
+                effects.append(TaskCancelRequested(run.task_id, by, reason, run.session, run.kind))
         effects.append(RunAction(run.epoch, run.ref, "cancel", run.cancel_reason))
         if run.started_at is None and (run.state.status is _QUEUED or run.capped):
             self._retire(session, run, TaskState.cancelled(run.cancel_reason), effects, now)
