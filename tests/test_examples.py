@@ -54,3 +54,13 @@ def test_asyncio_loop_resumes_for_the_subagent_and_a_thread_wakes_the_waiter(run
     assert "wait_for_notification() returned True" in out
     assert "[task export] completed: report.csv: 12 rows\n</system-reminder>" in out
     assert out.count("\n<system-reminder>\n") == 2  # the task tool's result names the tag too
+
+
+def test_task_model_example_keeps_conversations_apart_and_cancels_a_tree(run_example: Callable[[str], str]) -> None:
+    out = run_example("task_model.py")
+    assert "alice's tasks: [('research', 'subagent', 'running'), ('crawl', 'subagent', 'running'), ('sitemap', 'subagent', 'running')]" in out
+    assert "bob sees alice's task: None" in out
+    assert "cancelled with its tree: ['t2', 't3']" in out
+    assert "[task t1] completed: found 3 reports about lost notifications" in out
+    assert "progress of t1: searching the issue tracker" in out
+    assert "after the transfer, alice receives: ['summary']" in out
