@@ -608,3 +608,36 @@ async def test_many_sessions_from_threads_and_tasks_never_cross(store: Backgroun
     for session in sessions:
         delivered = session.drain_notifications()
         assert len(delivered) == 25 and {n.state.text for n in delivered} == {session.id}
+
+
+def test_the_task_model_works_the_same_under_asyncio(make_store: StoreFactory, tmp_path: Path) -> None:
+    store = make_store(FollowupSettings(relay_dir=tmp_path / "relay", capacity=64))
+
+    async def main() -> dict[str, str]:
+        async def asker(ctx: TaskContext) -> str:
+            ctx.report_progress("thinking")
+            return f"answer was {await ctx.ask_parent('which one?')}"
+
+        async def parent() -> str:
+            pool.spawn(forever, name="child")
+            return await forever()
+
+        async with SubagentPool(store, max_concurrent=4) as pool:
+            asking = pool.spawn(asker, name="asker")
+            root = pool.spawn(parent, name="root")
+            with anyio.fail_after(5):
+                assert await store.wait_for_notification()
+            delivery = take_followup(store)
+            assert delivery is not None and "asks: which one?" in delivery.text
+            delivery.confirm()
+            store.send("asker", "the second")
+            while store.get("child") is None:
+                await store.wait_for_change(timeout=1)
+            assert sorted(store.cancel_tree("root")) == sorted([root, store.get("child").id])  # type: ignore[union-attr]
+            with anyio.fail_after(5):
+                while store.live_count():
+                    await store.wait_for_change()
+        return {task.name or task.id: task.state.text for task in store.list()}
+
+    outcomes = anyio.run(main, backend="asyncio")
+    assert outcomes == {"asker": "answer was the second", "root": "cancelled by request", "child": "cancelled by request"}
