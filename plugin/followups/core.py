@@ -11,7 +11,7 @@ import functools
 import logging
 import threading
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING, ParamSpec, TypeVar
 
 import anyio
 import anyio.to_thread
@@ -35,6 +35,7 @@ __all__ = ["StoreCore"]
 logger = logging.getLogger("followups.store")
 
 _T = TypeVar("_T")
+_P = ParamSpec("_P")
 _RUNNING = TaskStatus.RUNNING
 _RETRY_FIRST_SECONDS = 0.05
 _RETRY_MAX_SECONDS = 5.0
@@ -112,6 +113,14 @@ class StoreCore:
         return signal
 
     # -- calling the backend ------------------------------------------------------------------
+
+    def call(self, fn: Callable[_P, _T], /, *args: _P.args, **kwargs: _P.kwargs) -> _T:
+        """``fn(*args, **kwargs)``, a backend operation, with an unavailable backend translated
+        into :class:`StoreUnavailable` (naming where the store is)."""
+        try:
+            return fn(*args, **kwargs)
+        except BackendUnavailable as exc:
+            raise unavailable(exc) from exc
 
     async def call_async(self, fn: Callable[..., _T], *args: object, **kwargs: object) -> _T:
         """``fn(*args, **kwargs)`` from async code: in a worker thread when the backend blocks

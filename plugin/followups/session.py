@@ -22,13 +22,12 @@ from typing import Any
 import anyio
 import anyio.lowlevel
 
-from .core import StoreCore, unavailable
+from .core import StoreCore
 from .errors import NameInUse
 from .events import Subscription
 from .external import ExternalTask, TaskSpec, register_external
 from .ledger.protocol import (
     Admission,
-    BackendUnavailable,
     CancelReport,
     CreateRequest,
     Lease,
@@ -162,10 +161,7 @@ class Session:
     def create(self, request: CreateRequest) -> Admission:
         """Create a run from a validated request (the pool and external tasks use this)."""
         self._flush_kept()
-        try:
-            return self._core.backend.create(request)
-        except BackendUnavailable as exc:
-            raise unavailable(exc) from exc
+        return self._core.call(self._core.backend.create, request)
 
     def _request(
         self,
@@ -222,10 +218,7 @@ class Session:
         ref = self._ref(id)
         if ref is None:
             return False
-        try:
-            return self._core.backend.start(ref, now=self._core.clock())
-        except BackendUnavailable as exc:
-            raise unavailable(exc) from exc
+        return self._core.call(self._core.backend.start, ref, now=self._core.clock())
 
     def report_progress(self, id: str | RunRef, message: str) -> bool:
         """Record a live task's latest progress line (shown by ``task_status`` and ``list``,
@@ -234,10 +227,7 @@ class Session:
         if ref is None:
             return False
         message = head_cap(check_text(message, "progress message"), 500, "progress")
-        try:
-            return self._core.backend.progress(ref, message, now=self._core.clock())
-        except BackendUnavailable as exc:
-            raise unavailable(exc) from exc
+        return self._core.call(self._core.backend.progress, ref, message, now=self._core.clock())
 
     def attach_handle(self, id: str, handle: Any) -> None:
         """Keep ``handle`` (anything with ``cancel()``) so that a cancel of task ``id`` reaches
@@ -262,10 +252,7 @@ class Session:
         """A snapshot of task ``id`` (or of the task with that name), or None if this session
         has none. Read-only."""
         self._flush_kept()
-        try:
-            task = self._core.backend.get(self.id, id)
-        except BackendUnavailable as exc:
-            raise unavailable(exc) from exc
+        task = self._core.call(self._core.backend.get, self.id, id)
         return None if task is None else self._core.present(task)
 
     def list(self, status: TaskStatus | str | None = None, kind: str | None = None) -> builtins.list[BackgroundTask]:
@@ -281,19 +268,13 @@ class Session:
     ) -> builtins.list[BackgroundTask]:
         self._flush_kept()
         wanted = None if status is None else TaskStatus(status)
-        try:
-            tasks = self._core.backend.list(self.id, status=wanted, kind=kind, parent=parent)
-        except BackendUnavailable as exc:
-            raise unavailable(exc) from exc
+        tasks = self._core.call(self._core.backend.list, self.id, status=wanted, kind=kind, parent=parent)
         present = self._core.present
         return [present(task) for task in tasks]
 
     def counts(self) -> SessionCounts:
         """The session's counts at one instant (live, running, queued, pending, leased…)."""
-        try:
-            return self._core.backend.counts(self.id, now=self._core.clock())
-        except BackendUnavailable as exc:
-            raise unavailable(exc) from exc
+        return self._core.call(self._core.backend.counts, self.id, now=self._core.clock())
 
     def has_live(self) -> bool:
         return self.counts().live > 0
@@ -318,10 +299,7 @@ class Session:
 
     def pending_notifications(self) -> builtins.list[TaskNotification]:
         """The notifications ready to deliver, in finish order, without taking them."""
-        try:
-            return self._core.backend.pending(self.id, now=self._core.clock())
-        except BackendUnavailable as exc:
-            raise unavailable(exc) from exc
+        return self._core.call(self._core.backend.pending, self.id, now=self._core.clock())
 
     def __len__(self) -> int:
         return self.counts().records
@@ -330,10 +308,7 @@ class Session:
         """Remove finished records, except those whose notification is still undelivered or
         whose final state is not persisted yet. Returns how many were removed."""
         self._flush_kept()
-        try:
-            return self._core.backend.gc_finished(self.id)
-        except BackendUnavailable as exc:
-            raise unavailable(exc) from exc
+        return self._core.call(self._core.backend.gc_finished, self.id)
 
     # -- cancelling -------------------------------------------------------------------------
 
@@ -366,12 +341,8 @@ class Session:
         self, selection: Selection, reason: str, *, by: Any = "user"
     ) -> CancelReport:
         reason = head_cap(check_text(reason, "reason"), self._core.settings.max_error_chars, "cancel reason")
-        try:
-            return self._core.backend.request_cancel(
-                self.id, selection, by=by, reason=reason, now=self._core.clock()
-            )
-        except BackendUnavailable as exc:
-            raise unavailable(exc) from exc
+        core = self._core
+        return core.call(core.backend.request_cancel, self.id, selection, by=by, reason=reason, now=core.clock())
 
     def cancel_all(self, reason: str = DEFAULT_CANCEL_REASON) -> builtins.list[str]:
         """End the session's background work: every live task is cancelled with ``reason``
@@ -380,10 +351,7 @@ class Session:
         Notifications drained before are not restored by a later :meth:`restore_notifications`,
         and late reports of the cancelled tasks are ignored. Waiters wake."""
         reason = head_cap(check_text(reason, "reason"), self._core.settings.max_error_chars, "cancel reason")
-        try:
-            return self._core.backend.cancel_all(self.id, reason=reason, now=self._core.clock())
-        except BackendUnavailable as exc:
-            raise unavailable(exc) from exc
+        return self._core.call(self._core.backend.cancel_all, self.id, reason=reason, now=self._core.clock())
 
     # -- sessions ---------------------------------------------------------------------------
 
@@ -395,12 +363,9 @@ class Session:
         :class:`~followups.TransferConflict` (moving nothing) if the successor has a live task
         with one of their ids or names."""
         target = successor.id if isinstance(successor, Session) else check_session_id(successor)
-        try:
-            return self._core.backend.transfer(
-                self.id, target, None if task_ids is None else list(task_ids), now=self._core.clock()
-            )
-        except BackendUnavailable as exc:
-            raise unavailable(exc) from exc
+        core = self._core
+        moving = None if task_ids is None else list(task_ids)
+        return core.call(core.backend.transfer, self.id, target, moving, now=core.clock())
 
     def end(self, successor: str | Session | None = None) -> SessionEnd:
         """End this session: each live task follows its close policy. ``cancel`` ones are
@@ -427,12 +392,9 @@ class Session:
         :class:`~followups.NoInbox`, :class:`~followups.InboxClosed` or
         :class:`~followups.InboxFull`."""
         message = check_text(message, "message")
-        try:
-            self._core.backend.send(
-                self.id, id, message, now=self._core.clock(), max_messages=self._core.settings.inbox_max_messages
-            )
-        except BackendUnavailable as exc:
-            raise unavailable(exc) from exc
+        core = self._core
+        limit = core.settings.inbox_max_messages
+        core.call(core.backend.send, self.id, id, message, now=core.clock(), max_messages=limit)
 
     def register_external(
         self, spec: TaskSpec, *, cancel: Any = None, use_slot: bool = False, finish_on_cancel: bool = True
@@ -460,10 +422,7 @@ class Session:
             item_overhead=item_overhead,
             max_entries=max_entries,
         )
-        try:
-            return core.backend.lease(self.id, request)
-        except BackendUnavailable as exc:
-            raise unavailable(exc) from exc
+        return core.call(core.backend.lease, self.id, request)
 
     def settle(self, lease_id: str, *, delivered: bool, only: Collection[str] | None = None) -> int:
         """Settle an open lease by its id, from any process: ``delivered=True`` confirms it (its
@@ -471,27 +430,18 @@ class Session:
         are pending again, at their places; ``only`` limits that to these notification ids).
         Idempotent; returns how many notifications it settled."""
         core = self._core
-        try:
-            if delivered:
-                return core.backend.confirm(lease_id, now=core.clock())
-            return core.backend.give_back(lease_id, now=core.clock(), only=only)
-        except BackendUnavailable as exc:
-            raise unavailable(exc) from exc
+        if delivered:
+            return core.call(core.backend.confirm, lease_id, now=core.clock())
+        return core.call(core.backend.give_back, lease_id, now=core.clock(), only=only)
 
     def leases(self) -> builtins.list[LeaseInfo]:
         """The open leases of this session (each with ``id``, ``task_ids``, ``expires_at``)."""
-        try:
-            return self._core.backend.leases(self.id, now=self._core.clock())
-        except BackendUnavailable as exc:
-            raise unavailable(exc) from exc
+        return self._core.call(self._core.backend.leases, self.id, now=self._core.clock())
 
     def acknowledge(self, notification_ids: Collection[str]) -> int:
         """Mark these notifications delivered, leased or not: an adapter found them in a
         history it reloaded. Returns how many it settled."""
-        try:
-            return self._core.backend.acknowledge(self.id, list(notification_ids), now=self._core.clock())
-        except BackendUnavailable as exc:
-            raise unavailable(exc) from exc
+        return self._core.call(self._core.backend.acknowledge, self.id, list(notification_ids), now=self._core.clock())
 
     def drain_notifications(self) -> builtins.list[TaskNotification]:
         """Take every pending notification, in the order the tasks finished, as delivered.
@@ -506,10 +456,7 @@ class Session:
         """Put drained notifications back at their places in the queue after a delivery
         failed; returns how many went back. Those cleared by :meth:`cancel_all` since are not
         restored, and a task notified again since keeps its newer state, at the restored place."""
-        try:
-            return self._core.backend.restore(self.id, list(notifications), now=self._core.clock())
-        except BackendUnavailable as exc:
-            raise unavailable(exc) from exc
+        return self._core.call(self._core.backend.restore, self.id, list(notifications), now=self._core.clock())
 
     # -- waiting ----------------------------------------------------------------------------
 
@@ -564,10 +511,7 @@ class Session:
     def _ref(self, id: str | RunRef) -> RunRef | None:
         if isinstance(id, RunRef):
             return id
-        try:
-            task = self._core.backend.get(self.id, id)
-        except BackendUnavailable as exc:
-            raise unavailable(exc) from exc
+        task = self._core.call(self._core.backend.get, self.id, id)
         if task is None or task.id != id:
             return None
         return task.ref

@@ -9,10 +9,9 @@ from collections.abc import Callable, Collection, Sequence
 from types import TracebackType
 from typing import Any
 
-from .core import StoreCore, unavailable
+from .core import StoreCore
 from .events import Subscription, UISink
 from .ledger import LedgerBackend, MemoryBackend, open_backend
-from .ledger.protocol import BackendUnavailable
 from .loops import EventLoopHandle
 from .relay import OutputRelay
 from .session import Session, check_session_id
@@ -89,22 +88,14 @@ class BackgroundStore(Session):
 
     def sessions(self) -> list[str]:
         """Every session that has a record or a pending notification."""
-        try:
-            return self._core.backend.sessions()
-        except BackendUnavailable as exc:
-            raise unavailable(exc) from exc
+        return self._core.call(self._core.backend.sessions)
 
     def list_all(
         self, *, session: str | None = None, status: TaskStatus | str | None = None, kind: str | None = None
     ) -> list[BackgroundTask]:
         """Task records of every session (or of ``session``), oldest first by creation."""
         wanted = None if status is None else TaskStatus(status)
-        try:
-            tasks = self._core.backend.list(
-                None if session is None else check_session_id(session), status=wanted, kind=kind
-            )
-        except BackendUnavailable as exc:
-            raise unavailable(exc) from exc
+        tasks = self._core.call(self._core.backend.list, None if session is None else check_session_id(session), status=wanted, kind=kind)
         return [self._core.present(task) for task in tasks]
 
     def transfer(self, from_session: str, to_session: str, task_ids: Sequence[str] | None = None) -> list[str]:
@@ -133,10 +124,7 @@ class BackgroundStore(Session):
     def recover(self) -> int:
         """Reopen expired delivery leases and, on a durable backend, finish the live tasks of
         processes that are gone as failed "orphaned". Returns how many tasks it orphaned."""
-        try:
-            return self._core.backend.recover(now=self._core.clock())
-        except BackendUnavailable as exc:
-            raise unavailable(exc) from exc
+        return self._core.call(self._core.backend.recover, now=self._core.clock())
 
     def bind_loop(self) -> None:
         """Deliver UI sink events on the calling task's loop from now on (a pool entered on the
