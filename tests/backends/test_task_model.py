@@ -623,7 +623,7 @@ def test_the_task_model_works_the_same_under_asyncio(make_store: StoreFactory, t
             return await forever()
 
         async with SubagentPool(store, max_concurrent=4) as pool:
-            asking = pool.spawn(asker, name="asker")
+            pool.spawn(asker, name="asker")
             root = pool.spawn(parent, name="root")
             with anyio.fail_after(5):
                 assert await store.wait_for_notification()
