@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import functools
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from types import TracebackType
 
 from .reminders import RenderedReminder, ReminderRenderer
@@ -242,6 +242,7 @@ def settle_from_history(
     carried: Sequence[tuple[str, Sequence[str]]],
     *,
     give_back_absent: bool = False,
+    in_flight: Collection[str] = (),
 ) -> tuple[int, int]:
     """Settle deliveries from what a framework's history shows, whoever took them.
 
@@ -250,19 +251,22 @@ def settle_from_history(
     whose lease expired and came back pending is not delivered a second time. With
     ``give_back_absent``, every other open lease of ``session`` is given back: the caller states
     that the history is the session's only consumer and a reminder missing from it died with a
-    failed run (a lease that expired has already come back by itself). Returns ``(confirmed,
+    failed run (a lease that expired has already come back by itself). Leases in ``in_flight``
+    (the caller's own, in a model call under way) are left alone. Returns ``(confirmed,
     given_back)`` notification counts. Each step is one ledger call; safe from any thread.
     """
     confirmed = 0
     present = set()
     for lease_id, notification_ids in carried:
         present.add(lease_id)
+        if lease_id in in_flight:
+            continue
         confirmed += session.settle(lease_id, delivered=True)
         if notification_ids:
             confirmed += session.acknowledge(notification_ids)
     given_back = 0
     if give_back_absent:
         for lease in session.leases():
-            if lease.id not in present:
+            if lease.id not in present and lease.id not in in_flight:
                 given_back += session.settle(lease.id, delivered=False)
     return confirmed, given_back
