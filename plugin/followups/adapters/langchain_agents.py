@@ -5,9 +5,12 @@ Extension points of LangChain used here, all public:
 - ``AgentMiddleware`` (``langchain.agents.middleware``): the ``before_model`` /
   ``abefore_model`` hook returns a state update that appends the reminder to the agent's
   ``messages`` as a ``HumanMessage`` (a user-role turn, never the system prompt), and the
-  ``after_model`` / ``aafter_model`` hook confirms it. Both forms of each hook are implemented,
+  ``after_model`` / ``aafter_model`` hook confirms it and, on a final answer with subagents still
+  running, waits and returns ``jump_to="model"`` (``hook_config(can_jump_to=["model"])``); the
+  ``before_agent`` hook starts each run's count of those. Both forms of each hook are implemented,
   so the same middleware serves ``invoke``/``stream`` and ``ainvoke``/``astream``;
-- ``Runtime.execution_info.thread_id`` (LangGraph) to tell conversations apart;
+- ``Runtime.execution_info.thread_id`` (LangGraph) to pick each conversation's session, and the
+  ``RunnableConfig`` a tool function receives (its ``configurable.thread_id``) for the tools;
 - ``StructuredTool`` (``langchain_core.tools``) with a pydantic ``args_schema``, a sync ``func``
   and an async ``coroutine``, and ``ToolException`` with ``handle_tool_error=True`` for the
   results the model should read as errors.

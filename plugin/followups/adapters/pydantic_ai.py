@@ -21,10 +21,12 @@ Extension points of pydantic-ai used here:
 - tools: :class:`pydantic_ai.Tool` built with ``Tool.from_schema`` from the ``followups.task_tools``
   tools (their names, descriptions, JSON schemas, validation and handlers), gathered in a
   :class:`pydantic_ai.FunctionToolset`. Their functions are async, so pydantic-ai runs them on the
-  event loop thread, where :meth:`SubagentPool.spawn` must be called.
+  event loop thread; :meth:`SubagentPool.spawn` may be called there or from any other thread.
 
 pydantic-ai 2.x runs on asyncio only: enter the :class:`~followups.SubagentPool` inside the coroutine
-that runs the agent (``asyncio.run(main())``), so pool and agent share one event loop.
+that runs the agent (``asyncio.run(main())``), so pool and agent share one event loop; for
+``agent.run_sync``, run the pool in a :class:`~followups.BlockingPool` and build the toolset over its
+``pool``: a spawn from the agent's loop hands the subagent to the pool's own loop.
 """
 
 from __future__ import annotations
@@ -359,8 +361,9 @@ def task_toolset(
     """The ``task``, ``task_status`` and ``cancel_task`` tools (:func:`followups.task_tools`) over
     ``pool``, as a pydantic-ai toolset: pass it in ``Agent(toolsets=[...])``.
 
-    ``run_subagent(request)`` is the subagent: its return value becomes the task's result, an
-    exception its error. The tools must be called while ``pool`` is entered, on its event loop (the
-    loop running the agent).
+    ``run_subagent(request)`` (an async callable taking a :class:`~followups.TaskRequest`) is the
+    subagent: its return value becomes the task's result, an exception its error. The tools must be
+    called while ``pool`` is entered: on its own event loop, or on any other (``run_sync`` with a
+    :class:`~followups.BlockingPool`), since spawning is thread-safe.
     """
     return FunctionToolset([as_pydantic_ai_tool(tool) for tool in task_tools(pool, run_subagent)])
