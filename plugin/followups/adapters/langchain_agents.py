@@ -136,6 +136,9 @@ class FollowupMiddleware(AgentMiddleware[AgentState[Any], Any, Any]):
         self._sending: dict[str | None, set[str]] = {}
         self._resumes: dict[str | None, int] = {}
         self._threads_seen: set[str | None] = set()
+        # Leases this object has seen settled, so a long history is not re-settled at every call
+        # (only a cache: the ledger's settle and acknowledge are idempotent).
+        self._settled: dict[str, None] = {}
 
     def session_for(self, thread_id: str | None) -> Session:
         """The session of a conversation: ``store.session(thread_id)``, or ``store``."""
@@ -217,7 +220,9 @@ class FollowupMiddleware(AgentMiddleware[AgentState[Any], Any, Any]):
             in_flight = {lease_id for lease_id, _ in carried if lease_id in sending}
             # a lease of this object missing from the state died with a failed run: given back below
             self._sending[thread_id] = in_flight
-        settle_from_history(session, carried, give_back_absent=True, in_flight=in_flight)
+            known = {lease_id for lease_id, _ in carried if lease_id in self._settled}
+        settle_from_history(session, carried, give_back_absent=True, in_flight=in_flight | known)
+        self._remember_settled(lease_id for lease_id, _ in carried if lease_id not in in_flight)
         if in_flight:
             return None  # this call already carries a reminder; the next one takes what is new
         return self._take(session, thread_id)
@@ -246,7 +251,15 @@ class FollowupMiddleware(AgentMiddleware[AgentState[Any], Any, Any]):
             sending.difference_update(sent)
         for lease_id in sent:
             session.settle(lease_id, delivered=True)
+        self._remember_settled(sent)
         return session
+
+    def _remember_settled(self, lease_ids: Iterable[str]) -> None:
+        with self._lock:
+            for lease_id in lease_ids:
+                self._settled[lease_id] = None
+            while len(self._settled) > _MAX_REMEMBERED_LEASES:
+                del self._settled[next(iter(self._settled))]
 
     def _should_wait(self, state: AgentState[Any], runtime: Runtime[Any], session: Session) -> bool:
         if not self.resume_when_idle:
@@ -392,3 +405,4 @@ def langchain_task_tools(
 
 
 _MAX_CACHED_SESSIONS = 1024
+_MAX_REMEMBERED_LEASES = 4096
