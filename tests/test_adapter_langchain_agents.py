@@ -590,3 +590,17 @@ def test_two_threads_on_one_store_never_see_each_other_s_results(store: Backgrou
         reminder = the_reminder(models[name].inputs[2])
         assert f"result for {name}" in reminder.text and f"result for {other}" not in reminder.text
         assert not store.session(name).has_pending_notifications()
+
+
+async def test_a_sync_invoke_on_a_thread_running_a_loop_ends_instead_of_blocking_it(store: BackgroundStore) -> None:
+    model = scripted(start_search(), "The search runs in the background.")
+    subagent = GatedSubagent()
+    with trio.fail_after(30):
+        async with SubagentPool(store, id_factory=search_ids().__next__) as pool:
+            agent = create_agent(model, tools=langchain_task_tools(pool, subagent), middleware=[FollowupMiddleware(store)])
+            result = agent.invoke({"messages": [HumanMessage("Find the flaky tests.")]})  # on the pool's own loop
+            assert result["messages"][-1].text == "The search runs in the background."
+            assert pool.live_count() == 1
+            subagent.release()
+            assert await store.wait_for_notification()
+    assert store.pending_count() == 1

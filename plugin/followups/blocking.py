@@ -22,7 +22,7 @@ from anyio.from_thread import BlockingPortal, start_blocking_portal
 from .pool import Subagent, SubagentPool
 from .session import CANCELLED_BY_REQUEST, DEFAULT_CANCEL_REASON, Session
 
-__all__ = ["BlockingPool", "wait_for_notification_blocking"]
+__all__ = ["BlockingPool", "thread_runs_event_loop", "wait_for_notification_blocking"]
 
 T = TypeVar("T")
 
@@ -160,21 +160,25 @@ class BlockingPool:
         return f"<BlockingPool {self._state} backend={self.backend} session={self._pool.session.id!r}>"
 
 
+def thread_runs_event_loop() -> str | None:
+    """The event loop library running on this thread ("asyncio", "trio"), or None."""
+    try:
+        return sniffio.current_async_library()
+    except sniffio.AsyncLibraryNotFoundError:
+        pass
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return None
+    return "asyncio"
+
+
 def wait_for_notification_blocking(session: Session, timeout: float | None = None) -> bool:
     """:meth:`Session.wait_for_notification` for a thread that runs no event loop (the sync
     hooks of a framework): it runs the wait on a short-lived loop of this thread and blocks.
     Raises ``RuntimeError`` when called on a thread that runs an event loop, which it would
     block."""
-    try:
-        library = sniffio.current_async_library()
-    except sniffio.AsyncLibraryNotFoundError:
-        library = None
-    if library is None:
-        try:
-            asyncio.get_running_loop()
-            library = "asyncio"
-        except RuntimeError:
-            pass
+    library = thread_runs_event_loop()
     if library is not None:
         raise RuntimeError(
             f"a blocking wait was called on a thread running a {library} event loop; use the async form"

@@ -38,7 +38,7 @@ from langchain_core.runnables import RunnableConfig
 from langchain_core.tools import StructuredTool, ToolException
 from langgraph.runtime import Runtime
 
-from ..blocking import wait_for_notification_blocking
+from ..blocking import thread_runs_event_loop, wait_for_notification_blocking
 from ..delivery import METADATA_KEY, delivery_metadata, parse_delivery_metadata, settle_from_history, take_followup
 from ..pool import SubagentPool
 from ..reminders import ReminderRenderer
@@ -96,7 +96,8 @@ class FollowupMiddleware(AgentMiddleware[AgentState[Any], Any, Any]):
     (no tool calls) while subagents of the conversation are live, ``after_model`` waits for the next
     result (at most ``idle_timeout`` seconds per wait; None waits while subagents are live), adds
     its reminder and jumps back to the model (``jump_to="model"``), at most ``max_idle_resumes``
-    times per run. The sync hook blocks the thread running ``invoke``; the async one awaits.
+    times per run. The sync hook blocks the thread running ``invoke`` (on a thread that runs an
+    event loop it does not wait, and the result stays pending); the async one awaits.
 
     Contract: the conversation's session is this middleware's to settle, and runs of one
     conversation run one at a time (LangGraph requires this of a thread; without thread ids, do
@@ -172,6 +173,10 @@ class FollowupMiddleware(AgentMiddleware[AgentState[Any], Any, Any]):
         final answer with live subagents, wait for the next result and go back to the model."""
         session = self._confirm_sent(state, runtime)
         if not self._should_wait(state, runtime, session):
+            return None
+        if thread_runs_event_loop() is not None and not session.pending_count():
+            # A sync invoke on a thread running an event loop (a notebook, say): waiting would
+            # block that loop, maybe the pool's own; the run ends and the result stays pending.
             return None
         while session.live_count() and not session.pending_count():
             if not wait_for_notification_blocking(session, self.idle_timeout):
