@@ -77,7 +77,9 @@ async def main() -> None:
     )
     with tempfile.TemporaryDirectory() as tmp:
         store = BackgroundStore(FollowupSettings(relay_dir=Path(tmp) / "relay"))
-        middleware = FollowupMiddleware(store)
+        # By default the first run would wait for the review and continue by itself; this example
+        # ends it, to show a failed model call between two user turns instead.
+        middleware = FollowupMiddleware(store, resume_when_idle=False)
         async with SubagentPool(store) as pool:
             agent = create_agent(model, tools=langchain_task_tools(pool, review), middleware=[middleware])
             first = await agent.ainvoke({"messages": [HumanMessage("Review my diff.")]})

@@ -67,7 +67,9 @@ async def main() -> None:
                 [assistant_message("You're welcome.", item_id="msg-3")],
             ]
         )
-        runner = FollowupRunner(store)
+        # By default the first run would wait for the review and run again by itself; this example
+        # ends it, to show the result reaching the next user turn and staying in the kept history.
+        runner = FollowupRunner(store, resume_when_idle=False)
         config = RunConfig(tracing_disabled=True)
         review_may_finish = asyncio.Event()
         async with SubagentPool(store, id_factory=iter(["review-1"]).__next__) as pool:

@@ -32,14 +32,14 @@ from pydantic_ai import (
 from pydantic_ai.models.function import AgentInfo, FunctionModel
 
 from followups import BackgroundStore, FollowupSettings, SubagentPool, TaskRequest
-from followups.adapters.pydantic_ai import FollowupReminders, task_toolset
+from followups.adapters.pydantic_ai import FollowupReminders, prompt_text, task_toolset
 
 model_inputs: list[list[ModelMessage]] = []
 
 
 def carries_reminder(message: ModelMessage) -> bool:
     return isinstance(message, ModelRequest) and any(
-        isinstance(part, UserPromptPart) and str(part.content).startswith("<system-reminder>")
+        isinstance(part, UserPromptPart) and prompt_text(part).startswith("<system-reminder>")
         for part in message.parts
     )
 
@@ -67,7 +67,7 @@ def describe(message: ModelMessage) -> str:
     lines = []
     for part in message.parts:
         if isinstance(part, UserPromptPart):
-            lines.append(f"[user] {part.content}")
+            lines.append(f"[user] {prompt_text(part)}")
         elif isinstance(part, ToolCallPart):
             lines.append(f"[assistant] tool call {part.tool_name}({json.dumps(part.args_as_dict())})")
         elif isinstance(part, ToolReturnPart):

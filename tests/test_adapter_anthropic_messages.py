@@ -11,6 +11,7 @@ import asyncio
 import inspect
 import json
 import re
+import threading
 from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 
@@ -26,14 +27,17 @@ from anthropic import AsyncAnthropic  # noqa: E402
 from anthropic.types import Message, MessageParam  # noqa: E402
 from pydantic import BaseModel  # noqa: E402
 
-from followups import BackgroundStore, SubagentPool, TaskRequest, TaskState, Tool, ToolOutcome, task_tools  # noqa: E402
+from followups import BackgroundStore, BlockingPool, SubagentPool, TaskRequest, TaskState, Tool, ToolOutcome, task_tools  # noqa: E402
 from followups.adapters.anthropic_messages import (  # noqa: E402
     ReminderPlacement,
     add_reminder,
     create_with_followups,
     reminder_block,
     reminder_for_call,
+    run_agent_loop,
+    run_agent_loop_sync,
     run_tool_uses,
+    run_tool_uses_sync,
     tool_params,
 )
 
@@ -550,3 +554,136 @@ def test_example_prints_the_model_input_carrying_the_reminder_once(run_example: 
     assert model_input.count('"text": "<system-reminder>') == 1
     assert re.search(r"\[task [0-9a-f]{8}\] completed: 3 TODO comments", model_input)
     assert "reminder blocks per model call: [0, 0, 1, 1]" in out
+
+
+# -- the library's loop: idle wake-up, sessions, the sync path --------------------------------
+
+
+async def test_run_agent_loop_continues_by_itself_when_a_result_arrives_after_the_final_answer(
+    store: BackgroundStore,
+) -> None:
+    release = anyio.Event()
+
+    def ends_turn_while_subagent_runs(body: Body) -> Body:
+        release.set()
+        return text_reply("The scan runs in the background.")
+
+    api = ScriptedMessagesAPI(
+        [lambda body: tool_use_reply(START_SCAN), ends_turn_while_subagent_runs, lambda body: text_reply("3 TODOs.")]
+    )
+    messages: list[MessageParam] = [{"role": "user", "content": "Scan for TODOs."}]
+    with anyio.fail_after(30):
+        async with api.client() as client, SubagentPool(store) as pool:
+            final = await run_agent_loop(
+                client, store, messages=messages, tools=task_tools(pool, scan_subagent(release)),
+                model=MODEL, max_tokens=1024, system=SYSTEM,
+            )
+    assert final.content[0].text == "3 TODOs."  # type: ignore[union-attr]
+    assert reminder_counts(api) == [0, 0, 1]
+    [(index, reminder)] = reminders_in(api.requests[2])
+    assert index == len(api.requests[2]["messages"]) - 1 and "found 3 TODOs" in reminder
+    assert sum("found 3 TODOs" in json.dumps(message, default=str) for message in messages) == 1
+    assert not store.has_pending_notifications() and store.leases() == []
+
+
+async def test_run_agent_loop_without_idle_wake_up_returns_and_leaves_the_result_pending(store: BackgroundStore) -> None:
+    release = anyio.Event()
+
+    def ends_turn(body: Body) -> Body:
+        release.set()
+        return text_reply("Running.")
+
+    for options in ({"resume_when_idle": False}, {"max_idle_resumes": 0}):
+        api = ScriptedMessagesAPI([lambda body: tool_use_reply(START_SCAN), ends_turn])
+        async with api.client() as client, SubagentPool(store, close="wait") as pool:
+            final = await run_agent_loop(
+                client, store, messages=[{"role": "user", "content": "Scan."}],
+                tools=task_tools(pool, scan_subagent(release)), model=MODEL, max_tokens=64, **options,
+            )
+            assert final.content[0].text == "Running."  # type: ignore[union-attr]
+        assert store.pending_count() == 1
+        store.drain_notifications()
+        release = anyio.Event()
+
+
+async def test_two_conversations_on_one_store_stay_apart(store: BackgroundStore) -> None:
+    for name in ("alice", "bob"):
+        store.session(name).insert(f"{name}-job")
+        store.session(name).notify(f"{name}-job", TaskState.completed(f"{name}'s result"))
+    for name, other in (("alice", "bob"), ("bob", "alice")):
+        api = ScriptedMessagesAPI([lambda body: text_reply("Noted.")])
+        async with api.client() as client:
+            await run_agent_loop(
+                client, store, session=name, messages=[{"role": "user", "content": "hi"}], model=MODEL, max_tokens=64
+            )
+        [(_, reminder)] = reminders_in(api.requests[0])
+        assert f"{name}'s result" in reminder and other not in reminder
+        assert not store.session(name).has_pending_notifications()
+
+
+class SyncMessagesAPI(ScriptedMessagesAPI):
+    """:class:`ScriptedMessagesAPI` for the synchronous ``anthropic.Anthropic`` client."""
+
+    def handle_sync(self, request: httpx2.Request) -> httpx2.Response:
+        body = json.loads(request.content)
+        self.requests.append(body)
+        if len(self.requests) > len(self.steps):
+            raise AssertionError(f"unexpected model call #{len(self.requests)}")
+        reply = self.steps[len(self.requests) - 1](body)
+        assert not inspect.isawaitable(reply)
+        return reply if isinstance(reply, httpx2.Response) else httpx2.Response(200, json=reply)
+
+    def sync_client(self) -> anthropic.Anthropic:
+        return anthropic.Anthropic(
+            api_key="test", http_client=httpx2.Client(transport=httpx2.MockTransport(self.handle_sync)), max_retries=0
+        )
+
+
+def test_the_sync_loop_on_a_blocking_pool_spawns_waits_and_delivers_once(store: BackgroundStore) -> None:
+    release = threading.Event()
+
+    async def subagent(request: TaskRequest) -> str:
+        await anyio.to_thread.run_sync(release.wait)
+        return f"found 3 TODOs for: {request.prompt}"
+
+    def ends_turn_while_subagent_runs(body: Body) -> Body:
+        release.set()
+        return text_reply("The scan runs in the background.")
+
+    api = SyncMessagesAPI(
+        [lambda body: tool_use_reply(START_SCAN), ends_turn_while_subagent_runs, lambda body: text_reply("3 TODOs.")]
+    )
+    messages: list[MessageParam] = [{"role": "user", "content": "Scan for TODOs."}]
+    with BlockingPool(store) as pool, api.sync_client() as client:
+        final = run_agent_loop_sync(
+            client, store, pool=pool, messages=messages, tools=task_tools(pool.pool, subagent), model=MODEL, max_tokens=64
+        )
+    assert final.content[0].text == "3 TODOs."  # type: ignore[union-attr]
+    assert reminder_counts(api) == [0, 0, 1]
+    assert not store.has_pending_notifications()
+
+
+def test_sync_tool_uses_run_async_handlers_on_the_pool_and_refuse_them_without_one(store: BackgroundStore) -> None:
+    class Args(BaseModel):
+        text: str
+
+    async def shout(args: Args) -> ToolOutcome:
+        await anyio.sleep(0)
+        return ToolOutcome(args.text.upper())
+
+    tools = [Tool("shout", "Shout.", Args, shout)]
+    response = Message.model_validate(tool_use_reply(("toolu_1", "shout", {"text": "hi"}), ("toolu_2", "nope", {})))
+    without = run_tool_uses_sync(tools, response)
+    assert without[0]["is_error"] and "no BlockingPool" in str(without[0]["content"])
+    with BlockingPool(store) as pool:
+        results = run_tool_uses_sync(tools, response, pool=pool)
+    assert [(r["content"], r["is_error"]) for r in results] == [
+        ("HI", False),
+        ("Unknown tool 'nope'; the tools are: shout.", True),
+    ]
+
+
+def test_an_httpx_client_is_refused_by_anthropic_2(store: BackgroundStore) -> None:
+    httpx = pytest.importorskip("httpx")
+    with pytest.raises(TypeError, match="httpx2"):
+        AsyncAnthropic(api_key="test", http_client=httpx.AsyncClient())

@@ -32,12 +32,19 @@ from claude_agent_sdk import (
     Transport,
 )
 
-from followups import BackgroundStore, SubagentPool, TaskRequest, TaskState, take_followup
+from followups import BackgroundStore, FollowupSettings, Session, SubagentPool, TaskRequest, TaskState, take_followup
 from followups.adapters.claude_agent_sdk import REMINDER_EVENTS, ClaudeFollowups, FollowupTransport
 
 SESSION = "scripted-session"
+
+
+@pytest.fixture
+def store(settings: FollowupSettings) -> Session:
+    """The followups session of the scripted Claude session: the adapter maps the Claude
+    ``session_id`` every hook input carries to ``store.session(session_id)``."""
+    return BackgroundStore(settings).session(SESSION)
 Frame = dict[str, Any]
-Scenario = Callable[["ScriptedClaudeCode", BackgroundStore, anyio.Event], Awaitable[None]]
+Scenario = Callable[["ScriptedClaudeCode", Session, anyio.Event], Awaitable[None]]
 
 
 class ScriptedClaudeCode(Transport):
@@ -47,7 +54,8 @@ class ScriptedClaudeCode(Transport):
     ``additionalContext`` raise ``CLIConnectionError``, as a broken stdin pipe would.
     """
 
-    def __init__(self, *, failing_reminder_writes: int = 0) -> None:
+    def __init__(self, *, failing_reminder_writes: int = 0, session_id: str = SESSION) -> None:
+        self.session_id = session_id
         self._to_sdk, self._from_cli = anyio.create_memory_object_stream[Frame](100)
         self._prompt_sink, self._prompts = anyio.create_memory_object_stream[str](100)
         self._waiting: dict[str, anyio.Event] = {}
@@ -132,7 +140,7 @@ class ScriptedClaudeCode(Transport):
 
     async def run_hooks(self, event: str, fields: Frame, tool_use_id: str | None = None) -> list[str]:
         """Run every callback registered for ``event``; return the additionalContext they gave."""
-        hook_input = {"session_id": SESSION, "transcript_path": "transcript.jsonl", "cwd": ".", **fields}
+        hook_input = {"session_id": self.session_id, "transcript_path": "transcript.jsonl", "cwd": ".", **fields}
         hook_input["hook_event_name"] = event
         contexts: list[str] = []
         for callback_id in self.hook_callback_ids.get(event, []):
@@ -201,7 +209,7 @@ class ScriptedClaudeCode(Transport):
                 "duration_api_ms": 1,
                 "is_error": False,
                 "num_turns": 1,
-                "session_id": SESSION,
+                "session_id": self.session_id,
                 "result": text,
             }
         )
@@ -238,7 +246,7 @@ def reminders_in(model_input: list[str]) -> int:
 
 
 async def run_session(
-    store: BackgroundStore, cli: ScriptedClaudeCode, scenario: Scenario, prompts: list[str], *, wrap: bool = True
+    store: Session, cli: ScriptedClaudeCode, scenario: Scenario, prompts: list[str], *, wrap: bool = True
 ) -> list[Any]:
     """A ClaudeSDKClient session over ``cli`` with the followups hooks and tools; the subagent
     finishes once ``release`` is set. Returns the messages the client received."""
@@ -272,7 +280,7 @@ async def run_session(
 
 
 async def subagent_finishes_before_the_tool_hooks(
-    cli: ScriptedClaudeCode, store: BackgroundStore, release: anyio.Event
+    cli: ScriptedClaudeCode, store: Session, release: anyio.Event
 ) -> None:
     """Turn 1: the model starts a background task; it finishes while Claude Code runs the tool,
     so the tool's PostToolUse hooks see it. Turn 2: a new prompt."""
@@ -310,7 +318,7 @@ def started_task_id(cli: ScriptedClaudeCode) -> str:
     return tool_output.removeprefix("Started background task ").split(" ")[0]
 
 
-async def test_reminder_rides_the_next_tool_hook_once_and_never_again(store: BackgroundStore) -> None:
+async def test_reminder_rides_the_next_tool_hook_once_and_never_again(store: Session) -> None:
     cli = ScriptedClaudeCode()
     received = await run_session(
         store, cli, subagent_finishes_before_the_tool_hooks, ["Run the tests.", "Anything else?"]
@@ -333,7 +341,7 @@ async def test_reminder_rides_the_next_tool_hook_once_and_never_again(store: Bac
     assert texts == ["Started the tests; they already passed.", "Nothing else is running."]
 
 
-def test_reminder_is_delivered_once_under_asyncio(store: BackgroundStore) -> None:
+def test_reminder_is_delivered_once_under_asyncio(store: Session) -> None:
     cli = ScriptedClaudeCode()
 
     async def main() -> list[Any]:
@@ -346,7 +354,7 @@ def test_reminder_is_delivered_once_under_asyncio(store: BackgroundStore) -> Non
     assert not store.has_pending_notifications()
 
 
-async def test_failed_hook_response_write_gives_the_reminder_back_for_the_next_prompt(store: BackgroundStore) -> None:
+async def test_failed_hook_response_write_gives_the_reminder_back_for_the_next_prompt(store: Session) -> None:
     cli = ScriptedClaudeCode(failing_reminder_writes=1)
     await run_session(store, cli, subagent_finishes_before_the_tool_hooks, ["Run the tests.", "Anything else?"])
 
@@ -359,8 +367,8 @@ async def test_failed_hook_response_write_gives_the_reminder_back_for_the_next_p
     assert not store.has_pending_notifications()
 
 
-async def test_failed_tool_hook_carries_a_reminder_that_arrived_after_the_task_call(store: BackgroundStore) -> None:
-    async def scenario(cli: ScriptedClaudeCode, store: BackgroundStore, release: anyio.Event) -> None:
+async def test_failed_tool_hook_carries_a_reminder_that_arrived_after_the_task_call(store: Session) -> None:
+    async def scenario(cli: ScriptedClaudeCode, store: Session, release: anyio.Event) -> None:
         await cli.user_turn()
         result = await cli.call_mcp_tool("toolu_1", "task", {"description": "run the tests", "prompt": "Run them."})
         await cli.after_tool("PostToolUse", "toolu_1", "mcp__followups__task", result["content"][0]["text"])
@@ -381,10 +389,10 @@ async def test_failed_tool_hook_carries_a_reminder_that_arrived_after_the_task_c
     assert not store.has_pending_notifications()
 
 
-async def test_task_tools_are_served_over_mcp_with_their_errors(store: BackgroundStore) -> None:
+async def test_task_tools_are_served_over_mcp_with_their_errors(store: Session) -> None:
     outputs: dict[str, Any] = {}
 
-    async def scenario(cli: ScriptedClaudeCode, store: BackgroundStore, release: anyio.Event) -> None:
+    async def scenario(cli: ScriptedClaudeCode, store: Session, release: anyio.Event) -> None:
         await cli.user_turn()
         outputs["invalid"] = await cli.call_mcp_tool("toolu_1", "task", {"description": "", "prompt": "x"})
         started = await cli.call_mcp_tool("toolu_2", "task", {"description": "lint", "prompt": "Lint it."})
@@ -405,11 +413,11 @@ async def test_task_tools_are_served_over_mcp_with_their_errors(store: Backgroun
     assert "No task 'nope' is known" in texts["unknown"]
 
 
-async def test_without_the_followup_transport_the_hook_fails_loudly_and_drains_nothing(store: BackgroundStore) -> None:
+async def test_without_the_followup_transport_the_hook_fails_loudly_and_drains_nothing(store: Session) -> None:
     store.insert("t1", description="lint")
     store.notify("t1", TaskState.completed("lint: clean"))
 
-    async def scenario(cli: ScriptedClaudeCode, store: BackgroundStore, release: anyio.Event) -> None:
+    async def scenario(cli: ScriptedClaudeCode, store: Session, release: anyio.Event) -> None:
         await cli.user_turn()
         await cli.answer("Hello.")
 
@@ -421,7 +429,7 @@ async def test_without_the_followup_transport_the_hook_fails_loudly_and_drains_n
     assert store.has_pending_notifications()
 
 
-async def test_closing_gives_back_reminders_whose_response_was_never_written(store: BackgroundStore) -> None:
+async def test_closing_gives_back_reminders_whose_response_was_never_written(store: Session) -> None:
     async def never_called(request: TaskRequest) -> str:
         raise AssertionError("no subagent runs in this test")
 
@@ -445,7 +453,7 @@ async def test_closing_gives_back_reminders_whose_response_was_never_written(sto
         await third.close()
 
 
-async def test_options_keep_the_users_settings_and_add_hooks_tools_and_server(store: BackgroundStore) -> None:
+async def test_options_keep_the_users_settings_and_add_hooks_tools_and_server(store: Session) -> None:
     async def user_hook(hook_input: Any, tool_use_id: str | None, context: Any) -> Any:
         return {}
 
@@ -499,3 +507,114 @@ def test_example_prints_the_model_input_with_the_reminder_once(run_example: Call
     assert [call.count("</system-reminder>") for call in calls] == [0, 0, 1, 0]
     assert calls[2].count("completed: run the tests: 120 passed") == 1
     assert out.rstrip().endswith("pending notifications after the session: 0")
+
+
+# -- idle wake-up and sessions ----------------------------------------------------------------
+
+# ClaudeSDKClient.receive_messages iterates the SDK's inner generator without closing it, so
+# stopping at a ResultMessage (as the SDK's own receive_response does) leaves that one to the
+# garbage collector, which trio reports as a ResourceWarning. It holds nothing of ours.
+SDK_GENERATOR_WARNING = "ignore:Async generator 'claude_agent_sdk:ResourceWarning"
+SDK_GENERATOR_UNRAISABLE = (
+    "ignore:Exception ignored in. <async_generator object .*receive_messages:pytest.PytestUnraisableExceptionWarning"
+)
+
+
+async def play(
+    followups_store: Session, cli: ScriptedClaudeCode, scenario: Callable[[anyio.Event], Awaitable[None]], **options: Any
+) -> list[Any]:
+    """One ClaudeSDKClient session over ``cli`` whose responses are read with
+    ``ClaudeFollowups.receive_response`` (idle wake-up); the subagent finishes once the
+    scenario sets the event it gets."""
+    release = anyio.Event()
+
+    async def run_subagent(request: TaskRequest) -> str:
+        await release.wait()
+        return f"{request.description}: 120 passed"
+
+    async def play_claude_code() -> None:
+        await scenario(release)
+        cli.exit()
+
+    received: list[Any] = []
+    async with SubagentPool(followups_store) as pool:
+        followups = ClaudeFollowups(pool, run_subagent, **options)
+        options_ = followups.options(ClaudeAgentOptions())
+        with anyio.fail_after(20):
+            async with anyio.create_task_group() as session:
+                session.start_soon(play_claude_code)
+                async with ClaudeSDKClient(options_, transport=followups.transport(cli)) as client:
+                    await client.query("Run the tests.")
+                    async for message in followups.receive_response(client):
+                        received.append(message)
+    return received
+
+
+@pytest.mark.filterwarnings(SDK_GENERATOR_WARNING)
+@pytest.mark.filterwarnings(SDK_GENERATOR_UNRAISABLE)
+async def test_a_result_after_the_final_answer_is_sent_as_a_follow_up_query(store: Session) -> None:
+    cli = ScriptedClaudeCode()
+
+    async def scenario(release: anyio.Event) -> None:
+        await cli.user_turn()
+        result = await cli.call_mcp_tool("toolu_1", "task", {"description": "run the tests", "prompt": "Run them."})
+        await cli.after_tool("PostToolUse", "toolu_1", "mcp__followups__task", result["content"][0]["text"])
+        await cli.answer("Started the tests.")
+        release.set()  # the subagent finishes after the final answer, with no user input
+        await cli.user_turn()
+        await cli.answer("The tests passed.")
+
+    received = await play(store, cli, scenario)
+    follow_up = cli.model_inputs[2]
+    assert follow_up[0].startswith("<system-reminder>") and "run the tests: 120 passed" in follow_up[0]
+    assert sum(reminders_in(model_input) for model_input in cli.model_inputs) == 1
+    assert [m.result for m in received if isinstance(m, ResultMessage)] == ["Started the tests.", "The tests passed."]
+    assert not store.has_pending_notifications() and store.leases() == []
+
+
+@pytest.mark.filterwarnings(SDK_GENERATOR_WARNING)
+@pytest.mark.filterwarnings(SDK_GENERATOR_UNRAISABLE)
+async def test_without_idle_wake_up_the_turn_ends_and_the_result_waits(store: Session) -> None:
+    cli = ScriptedClaudeCode()
+
+    async def scenario(release: anyio.Event) -> None:
+        await cli.user_turn()
+        result = await cli.call_mcp_tool("toolu_1", "task", {"description": "run the tests", "prompt": "Run them."})
+        await cli.after_tool("PostToolUse", "toolu_1", "mcp__followups__task", result["content"][0]["text"])
+        await cli.answer("Started the tests.")
+        release.set()
+        await store.wait_for_notification()
+
+    received = await play(store, cli, scenario, resume_when_idle=False)
+    assert [m.result for m in received if isinstance(m, ResultMessage)] == ["Started the tests."]
+    assert store.pending_count() == 1
+
+
+@pytest.mark.filterwarnings(SDK_GENERATOR_WARNING)
+@pytest.mark.filterwarnings(SDK_GENERATOR_UNRAISABLE)
+async def test_two_claude_sessions_on_one_store_stay_apart(settings: FollowupSettings) -> None:
+    shared = BackgroundStore(settings)
+    alice = ScriptedClaudeCode(session_id="alice")
+
+    async def alice_starts_a_task(release: anyio.Event) -> None:
+        await alice.user_turn()
+        result = await alice.call_mcp_tool("toolu_1", "task", {"description": "run the tests", "prompt": "Run them."})
+        release.set()
+        await shared.session("alice").wait_for_notification()
+        await alice.after_tool("PostToolUse", "toolu_1", "mcp__followups__task", result["content"][0]["text"])
+        await alice.answer("Done.")
+
+    bob = ScriptedClaudeCode(session_id="bob")
+
+    async def bob_asks(release: anyio.Event) -> None:
+        await bob.user_turn()
+        await bob.answer("Hello.")
+
+    await play(shared, alice, alice_starts_a_task)
+    shared.session("alice").insert("late")
+    shared.session("alice").notify("late", TaskState.completed("alice's late result"))
+    await play(shared, bob, bob_asks)
+    assert reminders_in(alice.model_inputs[1]) == 1 and "120 passed" in alice.model_inputs[1][-1]
+    assert sum(reminders_in(model_input) for model_input in bob.model_inputs) == 0
+    assert shared.session("alice").pending_count() == 1  # still alice's, untouched by bob
+    assert shared.pending_count() == 0 and shared.session("bob").pending_count() == 0

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import re
+import threading
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from typing import Any
 
@@ -25,7 +26,8 @@ from langchain_core.tools import BaseTool, tool  # noqa: E402
 from langgraph.checkpoint.memory import InMemorySaver  # noqa: E402
 from pydantic import BaseModel, Field  # noqa: E402
 
-from followups import BackgroundStore, SubagentPool, TaskState  # noqa: E402
+from followups import BackgroundStore, BlockingPool, FollowupSettings, SubagentPool, TaskState  # noqa: E402
+from helpers import FakeClock  # noqa: E402
 from followups.adapters.langchain_agents import (  # noqa: E402
     REMINDER_ID_PREFIX,
     FollowupMiddleware,
@@ -34,6 +36,7 @@ from followups.adapters.langchain_agents import (  # noqa: E402
     to_langchain_tool,
     to_langchain_tools,
 )
+from followups.delivery import take_followup  # noqa: E402
 from followups.tools import TaskRequest, Tool, ToolOutcome, task_tools  # noqa: E402
 
 RESULT = "3 flaky tests: test_pool_cancel, test_relay_race, test_wakeup"
@@ -49,12 +52,15 @@ class RecordingChatModel(GenericFakeChatModel):
 
     inputs: list[list[BaseMessage]] = Field(default_factory=list)
     failures: int = 0
+    on_call: Callable[[int], None] | None = None  # told each call's number (1, 2, ...) as it starts
 
     def bind_tools(self, tools: Sequence[Any], **kwargs: Any) -> RecordingChatModel:
         return self
 
     def _generate(self, messages: list[BaseMessage], *args: Any, **kwargs: Any) -> ChatResult:
         self.inputs.append(list(messages))
+        if self.on_call is not None:
+            self.on_call(len(self.inputs))
         if self.failures:
             self.failures -= 1
             raise ModelUnavailable("the model is unavailable")
@@ -145,7 +151,7 @@ async def test_sync_invoke_puts_the_result_in_one_user_turn_that_later_calls_see
         "Starting fresh.",
     )
     subagent = GatedSubagent()
-    middleware = FollowupMiddleware(store)
+    middleware = FollowupMiddleware(store, resume_when_idle=False)
     with trio.fail_after(30):
         async with SubagentPool(store, id_factory=search_ids().__next__) as pool:
             agent = create_agent(
@@ -188,7 +194,7 @@ def test_ainvoke_delivers_at_the_next_model_call_of_the_same_run(store: Backgrou
         "There are 3 flaky tests.",
         "You're welcome.",
     )
-    middleware = FollowupMiddleware(store)
+    middleware = FollowupMiddleware(store, resume_when_idle=False)
 
     async def session() -> dict[str, Any]:
         subagent = GatedSubagent()
@@ -232,7 +238,7 @@ async def test_parallel_sync_task_calls_from_worker_threads_respect_the_cap(stor
     with trio.fail_after(30):
         async with SubagentPool(store, max_concurrent=1) as pool:
             tools = langchain_task_tools(pool, subagent)
-            agent = create_agent(model, tools=tools, middleware=[FollowupMiddleware(store)])
+            agent = create_agent(model, tools=tools, middleware=[FollowupMiddleware(store, resume_when_idle=False)])
             result = await invoke_in_thread(agent, {"messages": [HumanMessage("Run both jobs.")]})
             assert pool.live_count() == 1
             subagent.release()
@@ -250,7 +256,7 @@ def test_failed_call_without_checkpointer_is_delivered_once_by_the_next_run(
     mode: str, store: BackgroundStore
 ) -> None:
     model = scripted(start_search(), "Searching.", "There are 3 flaky tests; lint is clean.", "Bye.")
-    middleware = FollowupMiddleware(store)
+    middleware = FollowupMiddleware(store, resume_when_idle=False)
 
     async def scenario(invoke: Invoke) -> None:
         subagent = GatedSubagent()
@@ -290,7 +296,7 @@ def test_failed_call_with_checkpointer_keeps_the_saved_reminder_and_never_repeat
     mode: str, retry: str, store: BackgroundStore
 ) -> None:
     model = scripted(start_search(), "Searching.", "Hello.", "There are 3 flaky tests.", "Bye.")
-    middleware = FollowupMiddleware(store)
+    middleware = FollowupMiddleware(store, resume_when_idle=False)
     thread: RunnableConfig = {"configurable": {"thread_id": "conversation"}}
     other_thread: RunnableConfig = {"configurable": {"thread_id": "another conversation"}}
     saved: list[BaseMessage] = []
@@ -307,7 +313,7 @@ def test_failed_call_with_checkpointer_keeps_the_saved_reminder_and_never_repeat
                 )
                 await invoke(agent, {"messages": [HumanMessage("Find the flaky tests.")]}, thread)
                 subagent.release()
-                assert await store.wait_for_notification()
+                assert await store.session("conversation").wait_for_notification()
 
                 model.failures = 1
                 with pytest.raises(ModelUnavailable):
@@ -326,14 +332,14 @@ def test_failed_call_with_checkpointer_keeps_the_saved_reminder_and_never_repeat
     assert the_reminder(model.inputs[4]).id == failed_with.id  # from the saved state, once
     assert the_reminder(model.inputs[5]).id == failed_with.id
     assert the_reminder(saved).id == failed_with.id
-    assert not store.has_pending_notifications()
+    assert not store.session("conversation").has_pending_notifications()
     assert middleware.unsettled_task_ids() == ()
 
 
 async def test_a_retrying_middleware_resends_the_reminder_it_already_holds_once(store: BackgroundStore) -> None:
     model = scripted("The lint run is clean.", "Something else.")
     model.failures = 1
-    middleware = FollowupMiddleware(store)
+    middleware = FollowupMiddleware(store, resume_when_idle=False)
     retry = ModelRetryMiddleware(max_retries=1, initial_delay=0, jitter=False, on_failure="error")
     agent = create_agent(model, tools=[], middleware=[retry, middleware])
     store.insert("lint", description="lint")
@@ -407,3 +413,194 @@ def test_example_prints_the_model_input_with_the_reminder_once(run_example: Call
     )
     assert out.count("\n<system-reminder>\n") == 1
     assert out.rstrip().endswith("answer: The review found one unused import in cli.py.")
+
+
+# -- settling from the state, idle wake-up, sessions, the sync path ---------------------------
+
+
+@pytest.mark.parametrize("mode", ["invoke", "ainvoke"])
+def test_a_rebuilt_agent_after_a_failed_run_delivers_the_result_the_old_one_held(
+    mode: str, store: BackgroundStore
+) -> None:
+    """Regression: the old middleware object held the failed run's delivery, and a new agent
+    (a new middleware) never got the result: it was neither pending nor delivered."""
+    model = scripted(start_search(), "Searching.", "There are 3 flaky tests.")
+
+    async def scenario(invoke: Invoke) -> None:
+        subagent = GatedSubagent()
+        with anyio.fail_after(30):
+            async with SubagentPool(store, id_factory=search_ids().__next__) as pool:
+                tools = langchain_task_tools(pool, subagent)
+                old = create_agent(model, tools=tools, middleware=[FollowupMiddleware(store, resume_when_idle=False)])
+                first = await invoke(old, {"messages": [HumanMessage("Find the flaky tests.")]})
+                subagent.release()
+                assert await store.wait_for_notification()
+                history = [*first["messages"], HumanMessage("Any news?")]
+                model.failures = 1
+                with pytest.raises(ModelUnavailable):
+                    await invoke(old, {"messages": history})
+                assert [lease.task_ids for lease in store.leases()] == [("search",)]  # in the ledger, by id
+
+                rebuilt = create_agent(model, tools=tools, middleware=[FollowupMiddleware(store, resume_when_idle=False)])
+                final = await invoke(rebuilt, {"messages": history})
+                assert the_reminder(final["messages"]).text == the_reminder(model.inputs[3]).text
+
+    run_with(mode, scenario)
+    assert RESULT in the_reminder(model.inputs[3]).text
+    assert not store.has_pending_notifications()
+    assert store.leases() == []
+
+
+def test_the_reminder_message_names_its_lease(store: BackgroundStore) -> None:
+    store.insert("t1")
+    store.notify("t1", TaskState.completed("done"))
+    model = scripted("ok")
+    agent = create_agent(model, tools=[], middleware=[FollowupMiddleware(store)])
+    result = agent.invoke({"messages": [HumanMessage("hi")]})
+    message = the_reminder(result["messages"])
+    meta = message.additional_kwargs["followups"]
+    assert message.id == f"{REMINDER_ID_PREFIX}{meta['lease_id']}"
+    assert len(meta["notification_ids"]) == 1
+    assert store.leases() == [] and not store.has_pending_notifications()
+
+
+def test_a_history_saved_by_a_process_that_died_holding_the_lease_is_not_sent_twice(relay_dir: Any) -> None:
+    clock = FakeClock()
+    store = BackgroundStore(FollowupSettings(relay_dir=relay_dir, delivery_lease_seconds=30), clock=clock)
+    store.insert("t1")
+    store.notify("t1", TaskState.completed("done"))
+    # the old process leased the reminder, checkpointed the message, and died unsettled
+    delivery = take_followup(store)
+    assert delivery is not None
+    saved = HumanMessage(
+        content=delivery.text,
+        id=f"{REMINDER_ID_PREFIX}{delivery.lease_id}",
+        additional_kwargs={"followups": {"lease_id": delivery.lease_id, "notification_ids": list(delivery.notification_ids)}},
+    )
+    clock.advance(31)
+    assert store.pending_count() == 1  # the expired lease came back
+    model = scripted("ok")
+    rebuilt = create_agent(model, tools=[], middleware=[FollowupMiddleware(store)])
+    rebuilt.invoke({"messages": [HumanMessage("hi"), saved, AIMessage("noted"), HumanMessage("more?")]})
+    assert the_reminder(model.inputs[0]).id == saved.id  # the saved one, and no second copy
+    assert store.pending_count() == 0 and store.leases() == []
+
+
+@pytest.mark.parametrize("mode", ["invoke", "ainvoke"])
+def test_a_result_finishing_after_the_final_answer_continues_the_run_by_itself(
+    mode: str, store: BackgroundStore
+) -> None:
+    model = scripted(start_search(), "The search runs in the background.", "There are 3 flaky tests.")
+    subagent = GatedSubagent()
+    loop: list[Any] = []
+
+    def release_on_the_final_answer(number: int) -> None:
+        if number == 2:
+            loop[0](subagent.release)
+
+    model.on_call = release_on_the_final_answer
+
+    async def scenario(invoke: Invoke) -> None:
+        token = anyio.lowlevel.current_token()
+        loop.append(lambda fn: anyio.from_thread.run_sync(fn, token=token) if mode == "invoke" else fn())
+        with anyio.fail_after(30):
+            async with SubagentPool(store, id_factory=search_ids().__next__) as pool:
+                agent = create_agent(model, tools=langchain_task_tools(pool, subagent), middleware=[FollowupMiddleware(store)])
+                result = await invoke(agent, {"messages": [HumanMessage("Find the flaky tests.")]})
+                assert result["messages"][-1].text == "There are 3 flaky tests."
+
+    run_with(mode, scenario)
+    assert len(model.inputs) == 3
+    delivered = the_reminder(model.inputs[2])
+    assert RESULT in delivered.text
+    assert model.inputs[2][-2].text == "The search runs in the background."
+    assert not store.has_pending_notifications() and store.leases() == []
+
+
+def test_sync_invoke_with_a_blocking_pool_wakes_up_without_any_event_loop_of_its_own(store: BackgroundStore) -> None:
+    release = threading.Event()
+
+    async def subagent(request: TaskRequest) -> str:
+        await anyio.to_thread.run_sync(release.wait)
+        return RESULT
+
+    model = scripted(start_search(), "The search runs in the background.", "There are 3 flaky tests.")
+    model.on_call = lambda number: release.set() if number == 2 else None
+    with BlockingPool(store, id_factory=search_ids().__next__) as pool:
+        agent = create_agent(model, tools=langchain_task_tools(pool.pool, subagent), middleware=[FollowupMiddleware(store)])
+        result = agent.invoke({"messages": [HumanMessage("Find the flaky tests.")]})
+    assert result["messages"][-1].text == "There are 3 flaky tests."
+    assert RESULT in the_reminder(model.inputs[2]).text
+    assert not store.has_pending_notifications()
+
+
+def test_idle_wake_up_is_off_when_switched_off_or_bounded(store: BackgroundStore) -> None:
+    release = threading.Event()
+
+    async def subagent(request: TaskRequest) -> str:
+        await anyio.to_thread.run_sync(release.wait)
+        return RESULT
+
+    for middleware in (FollowupMiddleware(store, resume_when_idle=False), FollowupMiddleware(store, max_idle_resumes=0)):
+        model = scripted(start_search(), "The search runs in the background.")
+        with BlockingPool(store) as pool:
+            agent = create_agent(model, tools=langchain_task_tools(pool.pool, subagent), middleware=[middleware])
+            result = agent.invoke({"messages": [HumanMessage("Find the flaky tests.")]})
+            assert result["messages"][-1].text == "The search runs in the background."
+            assert pool.live_count() == 1
+            release.set()
+            while pool.live_count():
+                pool.wait_for_change(timeout=10)
+        release.clear()
+        assert store.pending_count() == 1
+        store.drain_notifications()
+
+
+def test_two_threads_on_one_store_never_see_each_other_s_results(store: BackgroundStore) -> None:
+    release = threading.Event()
+
+    async def subagent(request: TaskRequest) -> str:
+        await anyio.to_thread.run_sync(release.wait)
+        return f"result for {request.prompt}"
+
+    def conversation(thread: str) -> RecordingChatModel:
+        return scripted(
+            call("task", f"call-{thread}", description="job", prompt=thread),
+            "Started.",
+            "Done.",
+        )
+
+    models = {"alice": conversation("alice"), "bob": conversation("bob")}
+    with BlockingPool(store) as pool:
+        tools = langchain_task_tools(pool.pool, subagent)
+        middleware = FollowupMiddleware(store, resume_when_idle=False)
+        agents = {name: create_agent(model, tools=tools, middleware=[middleware], checkpointer=InMemorySaver())
+                  for name, model in models.items()}
+        for name, agent in agents.items():
+            agent.invoke({"messages": [HumanMessage("Go.")]}, {"configurable": {"thread_id": name}})
+        assert store.session("alice").live_count() == store.session("bob").live_count() == 1
+        assert store.live_count() == 0  # nothing in the default session
+        release.set()
+        for name in agents:
+            while store.session(name).live_count():
+                pool.call(store.session(name).wait_for_change, 10)
+        for name, agent in agents.items():
+            agent.invoke({"messages": [HumanMessage("News?")]}, {"configurable": {"thread_id": name}})
+    for name, other in (("alice", "bob"), ("bob", "alice")):
+        reminder = the_reminder(models[name].inputs[2])
+        assert f"result for {name}" in reminder.text and f"result for {other}" not in reminder.text
+        assert not store.session(name).has_pending_notifications()
+
+
+async def test_a_sync_invoke_on_a_thread_running_a_loop_ends_instead_of_blocking_it(store: BackgroundStore) -> None:
+    model = scripted(start_search(), "The search runs in the background.")
+    subagent = GatedSubagent()
+    with trio.fail_after(30):
+        async with SubagentPool(store, id_factory=search_ids().__next__) as pool:
+            agent = create_agent(model, tools=langchain_task_tools(pool, subagent), middleware=[FollowupMiddleware(store)])
+            result = agent.invoke({"messages": [HumanMessage("Find the flaky tests.")]})  # on the pool's own loop
+            assert result["messages"][-1].text == "The search runs in the background."
+            assert pool.live_count() == 1
+            subagent.release()
+            assert await store.wait_for_notification()
+    assert store.pending_count() == 1

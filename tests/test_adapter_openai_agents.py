@@ -13,12 +13,15 @@ import pytest
 
 pytest.importorskip("agents")
 
-from agents import Agent, RunConfig, function_tool
+import anyio
+from agents import Agent, RunConfig, SQLiteSession, function_tool
 from agents.run_config import CallModelData, ModelInputData
-from agents.testing import ScriptedModel, assistant_message, function_call
-from followups import BackgroundStore, SubagentPool, TaskState
+from agents.testing import ModelStep, ScriptedModel, assistant_message, function_call
+from followups import BackgroundStore, BlockingPool, SubagentPool, TaskState
 from followups.adapters.openai_agents import (
     FollowupRunner,
+    FollowupRunResult,
+    FollowupStreamedRun,
     PlacedReminder,
     followup_function_tools,
     place_reminders,
@@ -76,7 +79,7 @@ def test_a_finished_subagent_reaches_the_next_run_once_and_stays_in_the_kept_his
             say("You're welcome.", "msg-3"),
         ]
     )
-    runner = FollowupRunner(store)
+    runner = FollowupRunner(store, resume_when_idle=False)
 
     async def session() -> None:
         may_finish = asyncio.Event()
@@ -132,7 +135,7 @@ def test_a_subagent_finishing_during_a_run_is_delivered_within_that_run(store: B
         async with SubagentPool(store, id_factory=ids("review-1")) as pool:
             tools = [*followup_function_tools(pool, reviewer(may_finish)), wait_for_results]
             agent = Agent(name="assistant", model=model, tools=tools)
-            run = await FollowupRunner(store).run(agent, "Review my diff.", run_config=CONFIG)
+            run = await FollowupRunner(store, resume_when_idle=False).run(agent, "Review my diff.", run_config=CONFIG)
         assert run.reminders == (PlacedReminder(5, run.reminders[0].text, ("review-1",)),)
         return run.to_input_list()
 
@@ -163,7 +166,7 @@ def test_a_failed_run_gives_the_reminder_back_for_the_next_run(store: Background
             say("You're welcome.", "msg-3"),
         ]
     )
-    runner = FollowupRunner(store)
+    runner = FollowupRunner(store, resume_when_idle=False)
 
     async def session() -> None:
         may_finish = asyncio.Event()
@@ -218,7 +221,7 @@ def test_an_agent_used_as_a_tool_does_not_take_the_parents_reminders(store: Back
         async with SubagentPool(store, id_factory=ids("review-1")) as pool:
             tools = [*followup_function_tools(pool, reviewer(may_finish)), helper.as_tool("helper", "A helper agent.")]
             agent = Agent(name="assistant", model=model, tools=tools)
-            await FollowupRunner(store).run(agent, "Review my diff.", run_config=CONFIG)
+            await FollowupRunner(store, resume_when_idle=False).run(agent, "Review my diff.", run_config=CONFIG)
 
     asyncio.run(session())
 
@@ -239,7 +242,7 @@ def test_the_callers_own_input_filter_runs_after_the_reminder_is_in_place(store:
 
     model = ScriptedModel([say("Lint is clean.", "msg-1")])
     config = RunConfig(tracing_disabled=True, call_model_input_filter=trim_to_last_two)
-    run = asyncio.run(FollowupRunner(store).run(Agent(name="a", model=model), [user("a"), user("b")], run_config=config))
+    run = asyncio.run(FollowupRunner(store, resume_when_idle=False).run(Agent(name="a", model=model), [user("a"), user("b")], run_config=config))
 
     assert reminder_positions(seen[0]) == [2]
     [call] = model.calls
@@ -251,7 +254,7 @@ def test_the_callers_own_input_filter_runs_after_the_reminder_is_in_place(store:
 
 @pytest.mark.parametrize(
     ("option", "value"),
-    [("session", object()), ("conversation_id", "conv-1"), ("previous_response_id", "resp-1")],
+    [("conversation_id", "conv-1"), ("previous_response_id", "resp-1"), ("auto_previous_response_id", True)],
 )
 def test_options_that_keep_the_history_elsewhere_are_refused(
     store: BackgroundStore, option: str, value: object
@@ -260,7 +263,7 @@ def test_options_that_keep_the_history_elsewhere_are_refused(
     store.notify("lint", TaskState.completed("no problems"))
     agent = Agent(name="a", model=ScriptedModel([say("hi", "msg-1")]))
     with pytest.raises(ValueError, match=option):
-        asyncio.run(FollowupRunner(store).run(agent, "hi", run_config=CONFIG, **{option: value}))
+        asyncio.run(FollowupRunner(store, resume_when_idle=False).run(agent, "hi", run_config=CONFIG, **{option: value}))
     assert store.pending_count() == 1
 
 
@@ -310,3 +313,166 @@ def test_example_prints_the_model_input_with_the_reminder_once(run_example: Call
     assert "[user]\nIs the review done?\n[user]\n<system-reminder>\n" in second_run
     assert "</system-reminder>\n[assistant] The review found one unused import in cli.py.\n[user]\nThanks." in third_run
     assert "model calls: 4, notifications pending: 0" in out
+
+
+# -- idle wake-up, sessions, streaming, approval, sync ----------------------------------------
+
+
+def releasing(event: asyncio.Event, output: list[Any]) -> ModelStep:
+    """A model step that lets the subagent finish, then answers ``output``."""
+
+    def respond(call: Any) -> list[Any]:
+        event.set()
+        return output
+
+    return ModelStep.respond(respond)
+
+
+def test_a_result_finishing_after_the_final_answer_runs_the_agent_again_by_itself(store: BackgroundStore) -> None:
+    may_finish = asyncio.Event()
+    model = ScriptedModel(
+        [
+            start_review(),
+            releasing(may_finish, say("The review is running.", "msg-1")),
+            say("The review found one unused import.", "msg-2"),
+        ]
+    )
+
+    async def main() -> FollowupRunResult:
+        async with SubagentPool(store, id_factory=ids("review-1")) as pool:
+            agent = Agent(name="assistant", model=model, tools=followup_function_tools(pool, reviewer(may_finish)))
+            return await FollowupRunner(store).run(agent, "Review my diff.", run_config=CONFIG)
+
+    run = asyncio.run(main())
+    assert run.final_output == "The review found one unused import."
+    assert run.idle_resumes == 1
+    third = model.calls[2].input
+    assert reminder_positions(third) == [len(third) - 1] and REVIEW_REPORT in third[-1]["content"]
+    kept = run.to_input_list()
+    assert sum(REVIEW_REPORT in str(item) for item in kept) == 1
+    assert store.pending_count() == 0 and store.leases() == []
+
+
+def test_idle_wake_up_can_be_switched_off_and_is_bounded(store: BackgroundStore) -> None:
+    for runner in (FollowupRunner(store, resume_when_idle=False), FollowupRunner(store, max_idle_resumes=0)):
+        may_finish = asyncio.Event()
+        model = ScriptedModel([start_review(), releasing(may_finish, say("Running.", "msg-1"))])
+
+        async def main(runner: FollowupRunner = runner, model: ScriptedModel = model, may_finish: asyncio.Event = may_finish) -> None:
+            async with SubagentPool(store, close="wait") as pool:
+                agent = Agent(name="a", model=model, tools=followup_function_tools(pool, reviewer(may_finish)))
+                run = await runner.run(agent, "Review.", run_config=CONFIG)
+                assert run.idle_resumes == 0 and run.final_output == "Running."
+
+        asyncio.run(main())
+        assert store.pending_count() == 1
+        store.drain_notifications()
+
+
+def test_sdk_sessions_map_to_followups_sessions_and_keep_their_reminders(store: BackgroundStore) -> None:
+    for name in ("alice", "bob"):
+        store.session(name).insert(f"{name}-job")
+        store.session(name).notify(f"{name}-job", TaskState.completed(f"{name}'s result"))
+    models = {name: ScriptedModel([say("Noted.", "msg-1"), say("Nothing new.", "msg-2")]) for name in ("alice", "bob")}
+
+    async def main() -> dict[str, list[Any]]:
+        runner = FollowupRunner(store)
+        saved = {}
+        for name, model in models.items():
+            sdk_session = SQLiteSession(name)
+            agent = Agent(name="a", model=model)
+            await runner.run(agent, "hi", run_config=CONFIG, session=sdk_session)
+            await runner.run(agent, "anything else?", run_config=CONFIG, session=sdk_session)
+            saved[name] = await sdk_session.get_items()
+        return saved
+
+    saved = asyncio.run(main())
+    for name, other in (("alice", "bob"), ("bob", "alice")):
+        first, second = (call.input for call in models[name].calls)
+        [reminder] = [item for item in first if is_reminder(item)]
+        assert f"{name}'s result" in reminder["content"] and other not in reminder["content"]
+        # the SDK session kept it, so the next run sees it once, from there
+        assert [item for item in second if is_reminder(item)] == [reminder]
+        assert sum(is_reminder(item) for item in saved[name]) == 1
+        assert not store.session(name).has_pending_notifications()
+    assert store.leases() == []
+
+
+def test_run_streamed_confirms_once_the_stream_has_run_and_gives_back_a_failed_one(store: BackgroundStore) -> None:
+    store.insert("lint")
+    store.notify("lint", TaskState.completed("no problems"))
+    failing = ScriptedModel([RuntimeError("stream broke")])
+    working = ScriptedModel([say("Lint is clean.", "msg-1")])
+
+    async def main() -> FollowupStreamedRun:
+        runner = FollowupRunner(store)
+        broken = runner.run_streamed(Agent(name="a", model=failing), "Lint?", run_config=CONFIG)
+        with pytest.raises(RuntimeError, match="stream broke"):
+            async for _ in broken.stream_events():
+                pass
+        assert store.pending_count() == 1 and store.leases() == []
+        streamed = runner.run_streamed(Agent(name="a", model=working), "Lint?", run_config=CONFIG)
+        events = [event async for event in streamed.stream_events()]
+        assert events
+        return streamed
+
+    streamed = asyncio.run(main())
+    assert streamed.final_output == "Lint is clean."
+    assert working.calls[0].streamed and reminder_positions(working.calls[0].input) == [1]
+    assert sum(is_reminder(item) for item in streamed.to_input_list()) == 1
+    assert store.pending_count() == 0 and store.leases() == []
+
+
+def test_a_run_paused_for_tool_approval_resumes_from_its_state_with_the_reminder_in_place(
+    store: BackgroundStore,
+) -> None:
+    store.insert("lint")
+    store.notify("lint", TaskState.completed("no problems"))
+
+    @function_tool(needs_approval=True)
+    def deploy() -> str:
+        """Deploy the service."""
+        return "deployed"
+
+    model = ScriptedModel([[function_call("deploy", {}, call_id="call-deploy")], say("Deployed; lint is clean.", "msg-1")])
+
+    async def main() -> FollowupRunResult:
+        runner = FollowupRunner(store)
+        agent = Agent(name="a", model=model, tools=[deploy])
+        paused = await runner.run(agent, "Deploy.", run_config=CONFIG)
+        assert paused.interruptions
+        state = paused.to_state()
+        state.approve(paused.interruptions[0])
+        return await runner.run(agent, state, run_config=CONFIG)
+
+    resumed = asyncio.run(main())
+    assert resumed.final_output == "Deployed; lint is clean."
+    first, second = (call.input for call in model.calls)
+    assert reminder_positions(first) == [1]
+    assert reminder_positions(second) == [1]  # put back at its place after the pause, once
+    assert sum(is_reminder(item) for item in resumed.to_input_list()) == 1
+    assert store.pending_count() == 0 and store.leases() == []
+
+
+def test_run_sync_with_a_blocking_pool_delivers_and_wakes_up(store: BackgroundStore) -> None:
+    import threading
+
+    may_finish = threading.Event()
+
+    async def review(request: TaskRequest) -> str:
+        await anyio.to_thread.run_sync(may_finish.wait)
+        return f"Reviewed ({request.prompt}): one unused import."
+
+    def respond(call: Any) -> list[Any]:
+        may_finish.set()
+        return say("The review is running.", "msg-1")
+
+    model = ScriptedModel([start_review(), ModelStep.respond(respond), say("One unused import.", "msg-2")])
+    with BlockingPool(store, id_factory=ids("review-1")) as pool:
+        agent = Agent(name="a", model=model, tools=followup_function_tools(pool.pool, review))
+        run = FollowupRunner(store).run_sync(pool, agent, "Review my diff.", run_config=CONFIG)
+    assert run.final_output == "One unused import."
+    assert REVIEW_REPORT in model.calls[2].input[-1]["content"]
+    assert store.pending_count() == 0
+    with BlockingPool(store, backend="trio") as trio_pool, pytest.raises(ValueError, match="asyncio"):
+        FollowupRunner(store).run_sync(trio_pool, agent, "hi")

@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import asyncio
 import re
-from collections.abc import Awaitable, Callable
+import threading
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
+import anyio
 import pytest
 
 pytest.importorskip("pydantic_ai")
@@ -23,6 +25,7 @@ from pydantic_ai import (  # noqa: E402
     ModelResponse,
     ModelRetry,
     RunContext,
+    TextContent,
     TextPart,
     ToolCallPart,
     ToolReturnPart,
@@ -32,11 +35,13 @@ from pydantic_ai import (  # noqa: E402
 from pydantic_ai.exceptions import UsageLimitExceeded  # noqa: E402
 from pydantic_ai.capabilities import AbstractCapability  # noqa: E402
 from pydantic_ai.models import ModelRequestContext  # noqa: E402
-from pydantic_ai.models.function import AgentInfo, FunctionModel  # noqa: E402
+from pydantic_ai.models.function import AgentInfo, DeltaToolCall, FunctionModel  # noqa: E402
 from pydantic_ai.usage import UsageLimits  # noqa: E402
 
-from followups import BackgroundStore, FollowupSettings, SubagentPool, TaskRequest, TaskState  # noqa: E402
-from followups.adapters.pydantic_ai import FollowupReminders, task_toolset  # noqa: E402
+from followups import BackgroundStore, BlockingPool, FollowupSettings, SubagentPool, TaskRequest, TaskState  # noqa: E402
+from followups.delivery import take_followup  # noqa: E402
+from helpers import FakeClock  # noqa: E402
+from followups.adapters.pydantic_ai import FollowupReminders, is_reminder_part, prompt_text, task_toolset  # noqa: E402
 from followups.tools import task_tools  # noqa: E402
 
 REMINDER_START = "<system-reminder>"
@@ -78,9 +83,7 @@ def reminders_in(messages: list[ModelMessage]) -> list[UserPromptPart]:
         for message in messages
         if isinstance(message, ModelRequest)
         for part in message.parts
-        if isinstance(part, UserPromptPart)
-        and isinstance(part.content, str)
-        and part.content.startswith(REMINDER_START)
+        if isinstance(part, UserPromptPart) and prompt_text(part).startswith(REMINDER_START)
     ]
 
 
@@ -97,7 +100,7 @@ def started_task_id(messages: list[ModelMessage]) -> str:
 def assert_delivered_once(inputs: list[ModelMessage], task_id: str, output: str) -> UserPromptPart:
     """``inputs`` carries exactly one reminder, a user-role part reporting ``task_id``, never in the instructions."""
     [reminder] = reminders_in(inputs)
-    assert f"[task {task_id}] completed: {output}" in str(reminder.content)
+    assert f"[task {task_id}] completed: {output}" in prompt_text(reminder)
     for message in inputs:
         if isinstance(message, ModelRequest):
             assert REMINDER_START not in (message.instructions or "")
@@ -364,10 +367,10 @@ def test_one_reminder_per_request_when_the_results_exceed_the_budget(relay_dir: 
 
     assert asyncio.run(agent.run("Start.")).output == "Got beta."
     [alpha] = reminders_in(model.inputs[1])
-    assert "[task alpha] completed" in str(alpha.content) and "beta" not in str(alpha.content)
+    assert "[task alpha] completed" in prompt_text(alpha) and "beta" not in prompt_text(alpha)
     assert reminders_in(model.inputs[2])[0] == alpha
     [beta] = reminders_in(model.inputs[2])[1:]
-    assert "[task beta] completed" in str(beta.content)
+    assert "[task beta] completed" in prompt_text(beta)
     assert not store.has_pending_notifications()
 
 
@@ -465,3 +468,207 @@ def test_the_example_prints_the_model_input_with_the_reminder_once(run_example: 
     assert out.count(REMINDER_START) == 1
     assert re.search(r"\[task \S+\] completed: 2 failing tests in test_api\.py", out)
     assert "later model calls: 1 reminder in history, none injected again" in out
+
+
+class ScriptedStream:
+    """A ``FunctionModel`` stream function: one async generator step per model call; records inputs."""
+
+    def __init__(self, *steps: Callable[[list[ModelMessage]], AsyncIterator[Any]]) -> None:
+        self.steps = steps
+        self.inputs: list[list[ModelMessage]] = []
+
+    def __call__(self, messages: list[ModelMessage], info: AgentInfo) -> AsyncIterator[Any]:
+        self.inputs.append(list(messages))
+        if len(self.inputs) > len(self.steps):
+            raise AssertionError(f"unexpected model call {len(self.inputs)}")
+        return self.steps[len(self.inputs) - 1](messages)
+
+
+def test_run_stream_gives_back_a_result_that_finishes_while_the_final_answer_streams(store: BackgroundStore) -> None:
+    """Regression: with ``resume_when_idle`` the final step waited, took the reminder and
+    enqueued it after the streamed run had ended, and the streaming request confirmed it: the
+    result was neither in the history nor pending."""
+    release = asyncio.Event()
+
+    async def subagent(request: TaskRequest) -> str:
+        await release.wait()
+        return "lint clean"
+
+    async def spawn(messages: list[ModelMessage]) -> AsyncIterator[Any]:
+        yield {0: DeltaToolCall(name="task", json_args='{"description": "lint", "prompt": "ruff check"}')}
+
+    async def final_answer_while_the_subagent_finishes(messages: list[ModelMessage]) -> AsyncIterator[Any]:
+        yield "Linting "
+        release.set()
+        assert await store.wait_for_notification(timeout=10)
+        yield "runs in the background."
+
+    stream = ScriptedStream(spawn, final_answer_while_the_subagent_finishes)
+    answer = ScriptedFunction(reply("Lint is clean."))
+
+    async def main() -> None:
+        async with SubagentPool(store) as pool:
+            toolset = task_toolset(pool, subagent)
+            agent = Agent(FunctionModel(stream_function=stream), toolsets=[toolset], capabilities=[FollowupReminders(store)])
+            async with agent.run_stream("Lint it.") as result:
+                text = await result.get_output()
+                history = result.all_messages()
+            assert text == "Linting runs in the background."
+            assert reminders_in(history) == []
+            # not lost: pending again, with no lease left open
+            assert store.pending_count() == 1
+            assert store.leases() == []
+            later = Agent(FunctionModel(answer), toolsets=[toolset], capabilities=[FollowupReminders(store)])
+            second = await later.run("Is it done?", message_history=history)
+            assert second.output == "Lint is clean."
+
+    asyncio.run(main())
+    assert_delivered_once(answer.inputs[0], started_task_id(answer.inputs[0]), "lint clean")
+    assert not store.has_pending_notifications()
+
+
+def test_a_history_saved_by_a_process_that_died_holding_the_lease_is_not_delivered_twice(relay_dir: Path) -> None:
+    clock = FakeClock()
+    store = BackgroundStore(FollowupSettings(relay_dir=relay_dir, delivery_lease_seconds=30), clock=clock)
+    store.insert("build")
+    store.notify("build", TaskState.completed("build green"))
+    # the old process took the reminder, saved the history carrying it, and died unsettled
+    delivery = take_followup(store)
+    assert delivery is not None
+    saved: list[ModelMessage] = [
+        ModelRequest(parts=[UserPromptPart("Build it.")]),
+        ModelRequest(
+            parts=[
+                UserPromptPart(
+                    [
+                        TextContent(
+                            delivery.text,
+                            metadata={
+                                "followups": {
+                                    "lease_id": delivery.lease_id,
+                                    "notification_ids": list(delivery.notification_ids),
+                                }
+                            },
+                        )
+                    ]
+                )
+            ]
+        ),
+        ModelResponse(parts=[TextPart("The build is green.")]),
+    ]
+    clock.advance(31)  # the lease expired: the notification is pending again
+    assert store.pending_count() == 1
+    model = ScriptedFunction(reply("Nothing new."))
+
+    async def main() -> None:
+        agent = Agent(FunctionModel(model), capabilities=[FollowupReminders(store)])
+        result = await agent.run("Anything else?", message_history=saved)
+        assert result.output == "Nothing new."
+
+    asyncio.run(main())
+    # the history shows it was delivered: acknowledged, not injected again
+    assert reminders_in(model.inputs[0]) == [saved[1].parts[0]]
+    assert store.pending_count() == 0
+    assert store.leases() == []
+
+
+def test_each_reminder_request_carries_its_lease_in_the_metadata(store: BackgroundStore) -> None:
+    store.insert("t")
+    store.notify("t", TaskState.completed("done"))
+    model = ScriptedFunction(reply("ok"))
+
+    async def main() -> list[ModelMessage]:
+        agent = Agent(FunctionModel(model), capabilities=[FollowupReminders(store)])
+        return (await agent.run("Go.")).all_messages()
+
+    history = asyncio.run(main())
+    [part] = reminders_in(history)
+    assert is_reminder_part(part) and not isinstance(part.content, str)
+    meta = part.content[0].metadata["followups"]  # type: ignore[union-attr]
+    assert isinstance(meta["lease_id"], str) and len(meta["notification_ids"]) == 1
+    assert store.leases() == []
+
+
+def test_two_conversations_on_one_store_stay_apart(store: BackgroundStore) -> None:
+    store.session("alice").insert("a")
+    store.session("alice").notify("a", TaskState.completed("alice's result"))
+    store.session("bob").insert("b")
+    store.session("bob").notify("b", TaskState.completed("bob's result"))
+    alice_model = ScriptedFunction(reply("ok"))
+    bob_model = ScriptedFunction(reply("ok"))
+
+    async def main() -> None:
+        alice = Agent(FunctionModel(alice_model), capabilities=[FollowupReminders(store, session="alice")])
+        bob = Agent(FunctionModel(bob_model), capabilities=[FollowupReminders(store, session="bob")])
+        await alice.run("hi")
+        await bob.run("hi")
+
+    asyncio.run(main())
+    [alice_reminder] = reminders_in(alice_model.inputs[0])
+    [bob_reminder] = reminders_in(bob_model.inputs[0])
+    assert "alice's result" in prompt_text(alice_reminder) and "bob" not in prompt_text(alice_reminder)
+    assert "bob's result" in prompt_text(bob_reminder) and "alice" not in prompt_text(bob_reminder)
+
+
+def close_the_loop_run_sync_left() -> None:
+    """``run_sync`` sets an event loop on the thread and leaves it open; close it here, where the
+    test can, instead of leaving it to the garbage collector."""
+    from pydantic_ai._utils import get_event_loop
+
+    get_event_loop().close()
+    asyncio.set_event_loop(None)
+
+
+def test_run_sync_with_a_blocking_pool_wakes_up_for_a_result_after_the_final_answer(store: BackgroundStore) -> None:
+    release = threading.Event()
+
+    async def subagent(request: TaskRequest) -> str:
+        await anyio.to_thread.run_sync(release.wait)
+        return "deployed"
+
+    async def spawn(messages: list[ModelMessage], info: AgentInfo) -> ModelResponse:
+        return call("task", description="deploy", prompt="deploy it")
+
+    async def end_turn(messages: list[ModelMessage], info: AgentInfo) -> ModelResponse:
+        release.set()
+        return ModelResponse(parts=[TextPart("Deploying in the background.")])
+
+    model = ScriptedFunction(spawn, end_turn, reply("Deployed."))
+    with BlockingPool(store) as pool:
+        agent = Agent(FunctionModel(model), toolsets=[task_toolset(pool.pool, subagent)], capabilities=[FollowupReminders(store)])
+        try:
+            result = agent.run_sync("Deploy.")
+        finally:
+            close_the_loop_run_sync_left()
+    assert result.output == "Deployed."
+    assert_delivered_once(model.inputs[2], started_task_id(model.inputs[2]), "deployed")
+    assert not store.has_pending_notifications()
+
+
+def test_idle_resumes_are_bounded(store: BackgroundStore) -> None:
+    release = asyncio.Event()
+
+    async def subagent(request: TaskRequest) -> str:
+        await release.wait()
+        return "late"
+
+    async def spawn(messages: list[ModelMessage], info: AgentInfo) -> ModelResponse:
+        return call("task", description="slow", prompt="slow")
+
+    model = ScriptedFunction(spawn, reply("Waiting."))
+
+    async def main() -> None:
+        async with SubagentPool(store) as pool:
+            agent = Agent(
+                FunctionModel(model),
+                toolsets=[task_toolset(pool, subagent)],
+                capabilities=[FollowupReminders(store, max_idle_resumes=0)],
+            )
+            result = await agent.run("Go.")
+            assert result.output == "Waiting."
+            assert store.live_count() == 1
+            release.set()
+            assert await store.wait_for_notification(timeout=10)
+
+    asyncio.run(main())
+    assert store.pending_count() == 1

@@ -668,3 +668,30 @@ async def test_a_reported_result_is_no_longer_live_and_has_freed_its_slot(tmp_pa
             assert await store.wait_for_notification() is True
         assert pool.live_count() == 0
         pool.spawn(quick)
+
+
+async def test_one_pool_spawns_into_other_sessions_of_its_store_and_cancels_them_on_close(tmp_path: Path) -> None:
+    store = BackgroundStore(FollowupSettings(relay_dir=tmp_path))
+    alice, bob = store.session("alice"), store.session("bob")
+    async with SubagentPool(store) as pool:
+        done = pool.spawn(_returns("alice's"), task_id="a", session=alice)
+        pool.spawn(_forever, task_id="b", session=bob)
+        assert await alice.wait_for_notification(timeout=10)
+        with pytest.raises(ValueError, match="own store"):
+            pool.spawn(_forever, session=BackgroundStore(FollowupSettings(relay_dir=tmp_path)).session("x"))
+    assert done == "a"
+    assert [n.state.text for n in alice.drain_notifications()] == ["alice's"]
+    assert bob.get("b").state.status is TaskStatus.CANCELLED  # type: ignore[union-attr]
+    assert store.get("a") is None and store.pending_count() == 0
+
+
+def _returns(text: str) -> Any:
+    async def subagent() -> str:
+        return text
+
+    return subagent
+
+
+async def _forever() -> str:
+    await trio.sleep_forever()
+    return "never"

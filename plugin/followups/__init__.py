@@ -9,6 +9,7 @@ and :class:`ReminderRenderer` renders one user-role reminder from Jinja template
 
 from __future__ import annotations
 
+from .blocking import BlockingPool
 from .context import Inbox, TaskContext, current_task
 from .delivery import ReminderDelivery, take_delivery, take_followup
 from .errors import (
@@ -92,6 +93,7 @@ __all__ = [
     "AssistantMessage",
     "BackgroundStore",
     "BackgroundTask",
+    "BlockingPool",
     "CANCELLED_BY_REQUEST",
     "CancelOutcome",
     "CapacityExceeded",

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import functools
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from types import TracebackType
 
 from .reminders import RenderedReminder, ReminderRenderer
@@ -210,3 +210,63 @@ def prompt_item_overhead(renderer: ReminderRenderer) -> int:
     """:func:`followup_item_overhead` for the prepended form."""
     one = [TaskNotification("", TaskState.completed(""))]
     return max(0, len(renderer.render_prompt(one * 2, "")) - len(renderer.render_prompt(one, "")))
+
+
+# -- settling from a history ------------------------------------------------------------------
+
+METADATA_KEY = "followups"
+"""The key under which adapters put :func:`delivery_metadata` in a framework message's metadata."""
+
+
+def delivery_metadata(delivery: ReminderDelivery) -> dict[str, object]:
+    """What an adapter attaches to the message carrying ``delivery``, in the framework's own
+    metadata field: the lease id and the notification ids (plain JSON, so a checkpointer or a
+    saved history keeps it)."""
+    return {"lease_id": delivery.lease_id, "notification_ids": list(delivery.notification_ids)}
+
+
+def parse_delivery_metadata(value: object) -> tuple[str, tuple[str, ...]] | None:
+    """``(lease_id, notification_ids)`` from :func:`delivery_metadata`'s form, or None when
+    ``value`` is not that form (a message another program added, a damaged history)."""
+    if not isinstance(value, dict):
+        return None
+    lease_id = value.get("lease_id")
+    ids = value.get("notification_ids")
+    if not isinstance(lease_id, str) or not isinstance(ids, list) or not all(isinstance(i, str) for i in ids):
+        return None
+    return lease_id, tuple(ids)
+
+
+def settle_from_history(
+    session: Session,
+    carried: Sequence[tuple[str, Sequence[str]]],
+    *,
+    give_back_absent: bool = False,
+    in_flight: Collection[str] = (),
+) -> tuple[int, int]:
+    """Settle deliveries from what a framework's history shows, whoever took them.
+
+    ``carried`` lists ``(lease_id, notification_ids)`` of the reminders found in the history:
+    each is confirmed (its lease, if still open), and its notifications are acknowledged, so one
+    whose lease expired and came back pending is not delivered a second time. With
+    ``give_back_absent``, every other open lease of ``session`` is given back: the caller states
+    that the history is the session's only consumer and a reminder missing from it died with a
+    failed run (a lease that expired has already come back by itself). Leases in ``in_flight``
+    (the caller's own, in a model call under way) are left alone. Returns ``(confirmed,
+    given_back)`` notification counts. Each step is one ledger call; safe from any thread.
+    """
+    confirmed = 0
+    present = set()
+    for lease_id, notification_ids in carried:
+        present.add(lease_id)
+        if lease_id in in_flight:
+            continue
+        confirmed += session.settle(lease_id, delivered=True)
+        if notification_ids:
+            confirmed += session.acknowledge(notification_ids)
+    given_back = 0
+    if give_back_absent:
+        for lease in session.leases():
+            if lease.id not in present and lease.id not in in_flight:
+                given_back += session.settle(lease.id, delivered=False)
+    return confirmed, given_back

@@ -199,6 +199,7 @@ class SubagentPool:
         close_policy: ClosePolicy = "cancel",
         use_slot: bool = True,
         inbox: bool = True,
+        session: Session | None = None,
     ) -> str:
         """Start ``fn(*args)`` in the background (or queue it) and return its task id at once.
 
@@ -207,7 +208,9 @@ class SubagentPool:
         live tasks. ``parent`` defaults to the subagent the call is made from, if any.
         ``timeout`` (seconds) fails the task if it runs longer. ``use_slot=False`` runs it
         outside the concurrency cap (a background shell, say); ``inbox=False`` gives it no
-        inbox (a send fails with :class:`~followups.NoInbox`). Raises
+        inbox (a send fails with :class:`~followups.NoInbox`). ``session`` (another session of
+        the pool's store; default the pool's) is the conversation the task belongs to and
+        reports to: one pool can serve every conversation of an app. Raises
         :class:`CapacityExceeded` at the cap (``reject``) or when the queue is full
         (``queue``), :class:`~followups.PoolClosed` outside the block or while it shuts down.
         Never suspends; any thread.
@@ -217,7 +220,10 @@ class SubagentPool:
             raise TypeError(f"fn must be an async callable, got {type(fn).__name__}")
         if timeout is not None and (isinstance(timeout, bool) or not timeout > 0):
             raise ValueError(f"timeout must be a positive number of seconds or None, got {timeout!r}")
-        session = self.session
+        if session is None:
+            session = self.session
+        elif not isinstance(session, Session) or session._core is not self.session._core:
+            raise ValueError("session must be a session of the pool's own store (store.session(id))")
         if parent is _AMBIENT:
             ambient = current_task()
             parent = ambient.task_id if ambient is not None and ambient.session.id == session.id else None
@@ -299,10 +305,11 @@ class SubagentPool:
     def _cancel_own(self, reason: str) -> None:
         with self._lock:
             runs = list(self._runs.values())
-        if runs:
-            self.session._request_cancel(
-                Selection(ids=tuple(run.ref.task_id for run in runs)), reason, by="session_closed"
-            )
+        by_session: dict[str, list[str]] = {}
+        for run in runs:
+            by_session.setdefault(run.ref.session, []).append(run.ref.task_id)
+        for session_id, ids in by_session.items():
+            self.session.session(session_id)._request_cancel(Selection(ids=tuple(ids)), reason, by="session_closed")
         for run in runs:  # also reaches a run whose record was taken over meanwhile
             if run.reason is None:
                 run.reason = reason

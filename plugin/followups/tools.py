@@ -15,6 +15,7 @@ from pydantic import BaseModel, Field, ValidationError
 
 from .errors import CapacityExceeded, InboxError, NameInUse, StoreUnavailable, UnknownTask
 from .pool import SubagentPool
+from .session import Session
 from .state import BackgroundTask, TaskStatus
 
 __all__ = [
@@ -159,16 +160,20 @@ class TaskRequest:
     name: str | None = None
 
 
-def task_tools(pool: SubagentPool, run_subagent: Callable[..., Awaitable[Any]]) -> list[Tool]:
+def task_tools(
+    pool: SubagentPool, run_subagent: Callable[..., Awaitable[Any]], *, session: Session | None = None
+) -> list[Tool]:
     """The ``task``, ``task_status``, ``list_tasks``, ``cancel_task`` and ``send_message`` tools
-    over ``pool`` and its session.
+    over ``pool`` and ``session`` (a session of the pool's store; default the pool's own): the
+    tasks they start belong to that session, and they see only its tasks.
 
     ``run_subagent(request)`` (an async callable taking a :class:`TaskRequest`, and ``ctx`` if
     it accepts one) is the subagent itself: its return value becomes the task's result, an
     exception its error. All handlers are synchronous (they never suspend), so parallel calls
     are admitted in the model's order and the pool's cap holds. Tasks are named by id or name.
     """
-    session = pool.session
+    if session is None:
+        session = pool.session
     capacity = session.settings.capacity
 
     def spawn(request: TaskRequest) -> str:
@@ -176,8 +181,8 @@ def task_tools(pool: SubagentPool, run_subagent: Callable[..., Awaitable[Any]]) 
             async def subagent(ctx: Any) -> Any:
                 return await run_subagent(request, ctx=ctx)
 
-            return pool.spawn(subagent, name=request.name, description=request.description)
-        return pool.spawn(run_subagent, request, name=request.name, description=request.description)
+            return pool.spawn(subagent, name=request.name, description=request.description, session=session)
+        return pool.spawn(run_subagent, request, name=request.name, description=request.description, session=session)
 
     def task(args: TaskArgs) -> ToolOutcome:
         request = TaskRequest(args.description, args.prompt, args.name)

@@ -21,6 +21,13 @@ Public names:
 - :func:`tool_params` and :func:`run_tool_uses`: :func:`followups.task_tools` (or any
   :class:`followups.Tool`) as ``ToolParam``s, and ``tool_use`` blocks run into ``tool_result``
   blocks on the event loop, where ``SubagentPool.spawn`` may be called.
+- :func:`run_agent_loop`: the whole loop (call, run tools, and when the model ends its turn while
+  subagents run, wait for the next result and continue with its reminder).
+- Synchronous forms for an ``anthropic.Anthropic`` client and a :class:`followups.BlockingPool`:
+  :func:`create_with_followups_sync`, :func:`run_tool_uses_sync`, :func:`run_agent_loop_sync`.
+
+anthropic ≥ 2 sends requests with ``httpx2``: an ``http_client`` from the ``httpx`` package makes
+the client's constructor raise ``TypeError``; pass an ``httpx2.AsyncClient`` / ``httpx2.Client``.
 """
 
 from __future__ import annotations
@@ -30,7 +37,7 @@ from types import TracebackType
 from typing import Any, cast
 
 import anyio
-from anthropic import AsyncAnthropic
+from anthropic import Anthropic, AsyncAnthropic
 from anthropic.types import (
     ContentBlock,
     Message,
@@ -42,10 +49,12 @@ from anthropic.types import (
     UserMessageParam,
 )
 
+from ..blocking import BlockingPool
 from ..delivery import ReminderDelivery, take_followup
 from ..reminders import ReminderRenderer
-from ..store import BackgroundStore
+from ..session import Session
 from ..tools import Tool, ToolOutcome
+
 
 __all__ = [
     "CallReminder",
@@ -54,7 +63,11 @@ __all__ = [
     "create_with_followups",
     "reminder_block",
     "reminder_for_call",
+    "create_with_followups_sync",
+    "run_agent_loop",
+    "run_agent_loop_sync",
     "run_tool_uses",
+    "run_tool_uses_sync",
     "tool_params",
 ]
 
@@ -197,7 +210,7 @@ class CallReminder:
 
 
 def reminder_for_call(
-    store: BackgroundStore, messages: list[MessageParam], renderer: ReminderRenderer | None = None
+    store: Session, messages: list[MessageParam], renderer: ReminderRenderer | None = None
 ) -> CallReminder:
     """Drain ``store`` and place the reminder in ``messages`` (see :func:`add_reminder`) for
     the model call about to be made with them; settle the result (see :class:`CallReminder`).
@@ -221,7 +234,7 @@ def reminder_for_call(
 
 async def create_with_followups(
     client: AsyncAnthropic,
-    store: BackgroundStore,
+    store: Session,
     *,
     messages: list[MessageParam],
     renderer: ReminderRenderer | None = None,
@@ -268,11 +281,7 @@ async def run_tool_uses(
 
     Raises :class:`ValueError` if two tools share a name.
     """
-    by_name: dict[str, Tool] = {}
-    for tool in tools:
-        if tool.name in by_name:
-            raise ValueError(f"two tools are named {tool.name!r}; tool names must be unique")
-        by_name[tool.name] = tool
+    by_name = _by_name(tools)
     content = response.content if isinstance(response, Message) else response
     uses = [block for block in content if isinstance(block, ToolUseBlock)]
     results: list[ToolResultBlockParam | None] = [None] * len(uses)
@@ -296,9 +305,171 @@ async def run_tool_uses(
     return [result for result in results if result is not None]  # all filled once the group has exited
 
 
+def _by_name(tools: Iterable[Tool]) -> dict[str, Tool]:
+    by_name: dict[str, Tool] = {}
+    for tool in tools:
+        if tool.name in by_name:
+            raise ValueError(f"two tools are named {tool.name!r}; tool names must be unique")
+        by_name[tool.name] = tool
+    return by_name
+
+
+def _unknown_tool(by_name: Mapping[str, Tool], use: ToolUseBlock) -> ToolOutcome:
+    known = ", ".join(by_name) or "none"
+    return ToolOutcome(f"Unknown tool {use.name!r}; the tools are: {known}.", is_error=True)
+
+
 async def _tool_outcome(by_name: Mapping[str, Tool], use: ToolUseBlock) -> ToolOutcome:
     tool = by_name.get(use.name)
     if tool is None:
-        known = ", ".join(by_name) or "none"
-        return ToolOutcome(f"Unknown tool {use.name!r}; the tools are: {known}.", is_error=True)
+        return _unknown_tool(by_name, use)
     return await tool.invoke(use.input)
+
+
+def create_with_followups_sync(
+    client: Anthropic,
+    store: Session,
+    *,
+    messages: list[MessageParam],
+    renderer: ReminderRenderer | None = None,
+    **params: Any,
+) -> Message:
+    """:func:`create_with_followups` for the synchronous ``anthropic.Anthropic`` client."""
+    if params.get("stream"):
+        raise ValueError(
+            "create_with_followups_sync does not stream; wrap your streaming call and its reading in "
+            "`with reminder_for_call(store, messages):` instead"
+        )
+    with reminder_for_call(store, messages, renderer):
+        message: Message = client.messages.create(messages=messages, **params)
+    return message
+
+
+def run_tool_uses_sync(
+    tools: Iterable[Tool], response: Message | Iterable[ContentBlock], *, pool: BlockingPool | None = None
+) -> list[ToolResultBlockParam]:
+    """:func:`run_tool_uses` for synchronous code: synchronous handlers (the task tools') run
+    here, in the model's order; async handlers run on ``pool``'s loop, one after another, and
+    without a ``pool`` they come back as ``is_error`` results saying so. Blocks the calling
+    thread, which must not be the pool's loop thread."""
+    by_name = _by_name(tools)
+    content = response.content if isinstance(response, Message) else response
+    results: list[ToolResultBlockParam] = []
+    for block in content:
+        if not isinstance(block, ToolUseBlock):
+            continue
+        tool = by_name.get(block.name)
+        if tool is not None and tool.is_async:
+            if pool is None:
+                outcome = ToolOutcome(f"Tool {block.name!r} is async and no BlockingPool was given to run it.", is_error=True)
+            else:
+                outcome = pool.call(_tool_outcome, by_name, block)
+        elif tool is None:
+            outcome = _unknown_tool(by_name, block)
+        else:
+            outcome = tool.invoke_sync(block.input)
+        results.append(
+            {"type": "tool_result", "tool_use_id": block.id, "content": outcome.content, "is_error": outcome.is_error}
+        )
+    return results
+
+
+async def run_agent_loop(
+    client: AsyncAnthropic,
+    store: Session,
+    *,
+    messages: list[MessageParam],
+    tools: Sequence[Tool] = (),
+    session: str | None = None,
+    max_turns: int = 100,
+    resume_when_idle: bool = True,
+    idle_timeout: float | None = None,
+    max_idle_resumes: int = 16,
+    renderer: ReminderRenderer | None = None,
+    **params: Any,
+) -> Message:
+    """A whole Messages API agent loop over ``messages`` (which it extends in place): each call
+    through :func:`create_with_followups`, ``tool_use`` blocks through :func:`run_tool_uses`.
+
+    ``session`` names the conversation, ``store.session(session)``, whose reminders the loop
+    delivers (None: ``store`` itself); build ``tools`` over the same session
+    (``task_tools(pool, run_subagent, session=store.session(session))``). Idle wake-up
+    (``resume_when_idle``): when the model ends its turn while subagents of the session are live,
+    the loop waits for the next result (at most ``idle_timeout`` seconds per wait) and calls the
+    model again with its reminder, at most ``max_idle_resumes`` times. Returns the last response;
+    raises ``RuntimeError`` after ``max_turns`` model calls. ``params`` go to
+    ``messages.create`` (``model``, ``max_tokens``, ``system``…); ``tools`` become its ``tools``.
+    """
+    conversation = _conversation(store, session, max_turns, idle_timeout, max_idle_resumes)
+    if tools and "tools" not in params:
+        params["tools"] = tool_params(tools)
+    resumes = 0
+    for _ in range(max_turns):
+        response = await create_with_followups(client, conversation, messages=messages, renderer=renderer, **params)
+        messages.append(cast(MessageParam, response.to_param()))
+        if response.stop_reason == "tool_use":
+            messages.append({"role": "user", "content": await run_tool_uses(tools, response)})
+            continue
+        if not resume_when_idle or resumes >= max_idle_resumes or not await _wait_idle(conversation, idle_timeout):
+            return response
+        resumes += 1
+    raise RuntimeError(f"run_agent_loop stopped after max_turns={max_turns} model calls")
+
+
+def run_agent_loop_sync(
+    client: Anthropic,
+    store: Session,
+    *,
+    pool: BlockingPool,
+    messages: list[MessageParam],
+    tools: Sequence[Tool] = (),
+    session: str | None = None,
+    max_turns: int = 100,
+    resume_when_idle: bool = True,
+    idle_timeout: float | None = None,
+    max_idle_resumes: int = 16,
+    renderer: ReminderRenderer | None = None,
+    **params: Any,
+) -> Message:
+    """:func:`run_agent_loop` for synchronous code: the ``anthropic.Anthropic`` client, tools
+    run by :func:`run_tool_uses_sync`, and the idle waits on ``pool`` (a
+    :class:`~followups.BlockingPool`, whose ``pool.pool`` the task tools are built over).
+    Blocks the calling thread."""
+    conversation = _conversation(store, session, max_turns, idle_timeout, max_idle_resumes)
+    if tools and "tools" not in params:
+        params["tools"] = tool_params(tools)
+    resumes = 0
+    for _ in range(max_turns):
+        response = create_with_followups_sync(client, conversation, messages=messages, renderer=renderer, **params)
+        messages.append(cast(MessageParam, response.to_param()))
+        if response.stop_reason == "tool_use":
+            messages.append({"role": "user", "content": run_tool_uses_sync(tools, response, pool=pool)})
+            continue
+        if not resume_when_idle or resumes >= max_idle_resumes or not pool.call(_wait_idle, conversation, idle_timeout):
+            return response
+        resumes += 1
+    raise RuntimeError(f"run_agent_loop_sync stopped after max_turns={max_turns} model calls")
+
+
+def _conversation(
+    store: Session, session: str | None, max_turns: int, idle_timeout: float | None, max_idle_resumes: int
+) -> Session:
+    if not isinstance(store, Session):
+        raise TypeError(f"store must be a followups.BackgroundStore or Session, got {type(store).__name__}")
+    if isinstance(max_turns, bool) or not isinstance(max_turns, int) or max_turns < 1:
+        raise ValueError(f"max_turns must be a positive int, got {max_turns!r}")
+    if idle_timeout is not None and (isinstance(idle_timeout, bool) or not idle_timeout > 0):
+        raise ValueError(f"idle_timeout must be a positive number of seconds or None, got {idle_timeout!r}")
+    if isinstance(max_idle_resumes, bool) or not isinstance(max_idle_resumes, int) or max_idle_resumes < 0:
+        raise ValueError(f"max_idle_resumes must be a non-negative int, got {max_idle_resumes!r}")
+    return store if session is None else store.session(session)
+
+
+async def _wait_idle(session: Session, timeout: float | None) -> bool:
+    """True once a result is pending, waiting while subagents are live; False when none is
+    pending and none is live, or ``timeout`` passed."""
+    with anyio.move_on_after(timeout):
+        while not session.pending_count():
+            if not session.live_count() or not await session.wait_for_notification():
+                break
+    return session.pending_count() > 0

@@ -34,14 +34,19 @@ session.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import replace
 from typing import Any, cast
 
+import anyio
 from claude_agent_sdk import (
     ClaudeAgentOptions,
+    ClaudeSDKClient,
+    Message,
+    ResultMessage,
     HookContext,
     HookInput,
     HookJSONOutput,
@@ -59,6 +64,7 @@ from claude_agent_sdk.types import HookEvent
 from followups.delivery import ReminderDelivery, take_followup
 from followups.pool import SubagentPool
 from followups.reminders import ReminderRenderer
+from followups.session import Session
 from followups.tools import TaskRequest, Tool, task_tools
 
 __all__ = ["REMINDER_EVENTS", "ClaudeFollowups", "FollowupTransport"]
@@ -81,6 +87,17 @@ class ClaudeFollowups:
     One instance serves one session at a time: the hooks hand reminders to the one
     :class:`FollowupTransport` that is connected. Call everything from the event-loop thread
     that entered ``pool``.
+
+    **Sessions.** The Claude ``session_id`` (every hook input carries it) picks the followups
+    session: ``pool.store.session(session_id)``, for the hooks and for the tools the model calls
+    after them, so two Claude sessions on one store never see each other's results. Until a hook
+    has run (or with ``sessions_by_id=False``) the pool's own session is used.
+
+    **Idle wake-up.** Read the responses with :meth:`receive_response`: when a ``ResultMessage``
+    ends a turn while subagents of the session are live, it waits for the next result (at most
+    ``idle_timeout`` seconds per wait), sends its reminder as a follow-up query and goes on
+    yielding that turn's messages, at most ``max_idle_resumes`` times per call;
+    ``resume_when_idle=False`` ends at the first ``ResultMessage``.
     """
 
     def __init__(
@@ -90,7 +107,15 @@ class ClaudeFollowups:
         *,
         renderer: ReminderRenderer | None = None,
         server_name: str = "followups",
+        sessions_by_id: bool = True,
+        resume_when_idle: bool = True,
+        idle_timeout: float | None = None,
+        max_idle_resumes: int = 16,
     ) -> None:
+        if idle_timeout is not None and (isinstance(idle_timeout, bool) or not idle_timeout > 0):
+            raise ValueError(f"idle_timeout must be a positive number of seconds or None, got {idle_timeout!r}")
+        if isinstance(max_idle_resumes, bool) or not isinstance(max_idle_resumes, int) or max_idle_resumes < 0:
+            raise ValueError(f"max_idle_resumes must be a non-negative int, got {max_idle_resumes!r}")
         if not callable(run_subagent):
             raise TypeError(f"run_subagent must be an async callable, got {type(run_subagent).__name__}")
         if not _SERVER_NAME.fullmatch(server_name):
@@ -99,11 +124,70 @@ class ClaudeFollowups:
         self.store = pool.store
         self.renderer = renderer
         self.server_name = server_name
+        self.sessions_by_id = sessions_by_id
+        self.resume_when_idle = resume_when_idle
+        self.idle_timeout = idle_timeout
+        self.max_idle_resumes = max_idle_resumes
+        self._run_subagent = run_subagent
+        self._claude_session: str | None = None
+        self._tools_by_session: dict[str, dict[str, Tool]] = {}
         self.tools: list[Tool] = task_tools(pool, run_subagent)
         self.mcp_server: McpSdkServerConfig = create_sdk_mcp_server(
-            server_name, tools=[_sdk_mcp_tool(tool) for tool in self.tools]
+            server_name, tools=[_sdk_mcp_tool(tool, self._tool_for) for tool in self.tools]
         )
         self._transport: FollowupTransport | None = None
+
+    @property
+    def session(self) -> Session:
+        """The followups session of the Claude session being served (see the class docstring)."""
+        if self._claude_session is None or not self.sessions_by_id:
+            return self.store
+        return self.store.session(self._claude_session)
+
+    def _tool_for(self, name: str) -> Tool:
+        session = self.session
+        tools = self._tools_by_session.get(session.id)
+        if tools is None:
+            tools = {tool.name: tool for tool in task_tools(self.pool, self._run_subagent, session=session)}
+            self._tools_by_session = {session.id: tools}  # one Claude session at a time
+        return tools[name]
+
+    async def receive_response(self, client: ClaudeSDKClient) -> AsyncIterator[Message]:
+        """``client.receive_response()`` with idle wake-up: yields the messages of the turn up to
+        its ``ResultMessage``; then, while subagents of the session are live (or results are
+        pending), waits for the next result, sends its reminder with ``client.query`` (same
+        ``session_id``) and yields that turn too. The reminder is confirmed once the query is
+        written, given back if writing it fails or the wait is cancelled before it is sent."""
+        resumes = 0
+        # Over receive_messages, closed here: the SDK's receive_response leaves its inner
+        # generator to the garbage collector when it stops at a ResultMessage.
+        async with contextlib.aclosing(client.receive_messages()) as messages:
+            async for message in messages:
+                yield message
+                if not isinstance(message, ResultMessage):
+                    continue
+                if not self.resume_when_idle or resumes >= self.max_idle_resumes:
+                    return
+                if message.session_id:
+                    self._claude_session = message.session_id
+                delivery = await self._next_reminder()
+                if delivery is None:
+                    return
+                resumes += 1
+                try:
+                    await client.query(delivery.text, session_id=message.session_id or "default")
+                except BaseException:
+                    delivery.give_back()
+                    raise
+                delivery.confirm()
+
+    async def _next_reminder(self) -> ReminderDelivery | None:
+        session = self.session
+        with anyio.move_on_after(self.idle_timeout):
+            while not session.pending_count():
+                if not session.live_count() or not await session.wait_for_notification():
+                    break
+        return take_followup(session, self.renderer)
 
     @property
     def tool_names(self) -> list[str]:
@@ -186,6 +270,9 @@ class ClaudeFollowups:
             raise ValueError(f"the followups reminder hook handles {', '.join(REMINDER_EVENTS)}, not {event!r}")
         if fields.get("agent_id") is not None:
             return {}
+        session_id = fields.get("session_id")
+        if isinstance(session_id, str) and session_id:
+            self._claude_session = session_id
         transport = self._transport
         if transport is None:
             raise RuntimeError(
@@ -193,7 +280,7 @@ class ClaudeFollowups:
                 "Pass transport=ClaudeFollowups.cli_transport(options) (or .transport(your_transport)) to the "
                 "ClaudeSDKClient or query() that uses ClaudeFollowups.options()."
             )
-        delivery = take_followup(self.store, self.renderer)
+        delivery = take_followup(self.session, self.renderer)
         if delivery is None:
             return {}
         transport.hand_off(delivery)
@@ -310,13 +397,14 @@ def _reminder_context(
     return {"hookEventName": "PostToolUseFailure", "additionalContext": text}
 
 
-def _sdk_mcp_tool(tool: Tool) -> SdkMcpTool[Any]:
+def _sdk_mcp_tool(tool: Tool, resolve: Callable[[str], Tool]) -> SdkMcpTool[Any]:
     """``tool`` as an in-process MCP tool: the same name, description and JSON schema; an
-    async handler (run on the event-loop thread) that reports invalid arguments and errors
-    as error results the model reads."""
+    async handler (run on the event-loop thread) that runs ``resolve(name)`` (the tool of the
+    session being served) and reports invalid arguments and errors as error results the model
+    reads."""
 
     async def call(arguments: dict[str, Any]) -> dict[str, Any]:
-        outcome = await tool.invoke(arguments)
+        outcome = await resolve(tool.name).invoke(arguments)
         return {"content": [{"type": "text", "text": outcome.content}], "is_error": outcome.is_error}
 
     return SdkMcpTool(

@@ -5,9 +5,12 @@ Extension points of LangChain used here, all public:
 - ``AgentMiddleware`` (``langchain.agents.middleware``): the ``before_model`` /
   ``abefore_model`` hook returns a state update that appends the reminder to the agent's
   ``messages`` as a ``HumanMessage`` (a user-role turn, never the system prompt), and the
-  ``after_model`` / ``aafter_model`` hook confirms it. Both forms of each hook are implemented,
+  ``after_model`` / ``aafter_model`` hook confirms it and, on a final answer with subagents still
+  running, waits and returns ``jump_to="model"`` (``hook_config(can_jump_to=["model"])``); the
+  ``before_agent`` hook starts each run's count of those. Both forms of each hook are implemented,
   so the same middleware serves ``invoke``/``stream`` and ``ainvoke``/``astream``;
-- ``Runtime.execution_info.thread_id`` (LangGraph) to tell conversations apart;
+- ``Runtime.execution_info.thread_id`` (LangGraph) to pick each conversation's session, and the
+  ``RunnableConfig`` a tool function receives (its ``configurable.thread_id``) for the tools;
 - ``StructuredTool`` (``langchain_core.tools``) with a pydantic ``args_schema``, a sync ``func``
   and an async ``coroutine``, and ``ToolException`` with ``handle_tool_error=True`` for the
   results the model should read as errors.
@@ -26,19 +29,20 @@ Public names:
 from __future__ import annotations
 
 import threading
-import uuid
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import Any
 
-from langchain.agents.middleware import AgentMiddleware, AgentState
-from langchain_core.messages import AnyMessage, BaseMessage, HumanMessage
+from langchain.agents.middleware import AgentMiddleware, AgentState, hook_config
+from langchain_core.messages import AIMessage, AnyMessage, BaseMessage, HumanMessage
+from langchain_core.runnables import RunnableConfig
 from langchain_core.tools import StructuredTool, ToolException
 from langgraph.runtime import Runtime
 
-from ..delivery import ReminderDelivery, take_followup
+from ..blocking import thread_runs_event_loop, wait_for_notification_blocking
+from ..delivery import METADATA_KEY, delivery_metadata, parse_delivery_metadata, settle_from_history, take_followup
 from ..pool import SubagentPool
 from ..reminders import ReminderRenderer
-from ..store import BackgroundStore
+from ..session import Session
 from ..tools import TaskRequest, Tool, ToolOutcome, task_tools
 
 __all__ = [
@@ -59,119 +63,229 @@ def is_reminder_message(message: BaseMessage) -> bool:
     return isinstance(message, HumanMessage) and (message.id or "").startswith(REMINDER_ID_PREFIX)
 
 
-class _Unsettled:
-    """A reminder placed in some agent state whose fate is not known yet."""
-
-    __slots__ = ("delivery", "message_id", "thread_id")
-
-    def __init__(self, delivery: ReminderDelivery, message_id: str, thread_id: str | None) -> None:
-        self.delivery = delivery
-        self.message_id = message_id
-        self.thread_id = thread_id
-
-
 class FollowupMiddleware(AgentMiddleware[AgentState[Any], Any, Any]):
     """Deliver the store's pending notifications into a LangChain agent, once each.
 
     ``create_agent(model, tools, middleware=[FollowupMiddleware(store)])``. Before each model
-    call (``before_model``), pending notifications are drained (:func:`followups.take_followup`)
+    call (``before_model``), pending notifications are leased (:func:`followups.take_followup`)
     and rendered into ONE ``HumanMessage`` that the hook's state update appends to
     ``messages``. From there it is ordinary history: this model call and every later one see it
-    once, and it is never added again. Its id starts with :data:`REMINDER_ID_PREFIX`.
+    once, and it is never added again. Its id starts with :data:`REMINDER_ID_PREFIX`, and its
+    ``additional_kwargs["followups"]`` holds the lease id and notification ids.
 
-    Settling the delivery. The reminder is in the state as soon as ``before_model`` returns,
-    but the model call after it can still fail, and what then becomes of the state depends on
-    the run, so the middleware decides from the state itself, never from the failure:
+    **Sessions.** A conversation is a LangGraph ``thread_id`` (``config["configurable"]``): its
+    reminders come from ``store.session(thread_id)``, the session the task tools of
+    :func:`langchain_task_tools` start its subagents in, so two threads never see each other's
+    results. Runs without a thread id use ``store`` itself. ``sessions_by_thread=False`` uses
+    ``store`` for every thread.
 
-    - ``after_model`` (the model call succeeded) confirms every unsettled reminder whose message
-      is in the state;
-    - the next ``before_model`` on the same conversation first settles what is left: a reminder
-      whose message is in the state was kept (a checkpointer saved it, or the caller passed the
-      streamed history back in) and is confirmed; one whose message is missing died with the
-      failed run and is given back, at the front of the queue, so the drain that follows
-      delivers it again, in the same single reminder as anything newer.
+    **Settling, from the state, through the ledger.** Nothing unsettled lives only in this object:
+    each reminder is a ledger lease, and its message names it. ``after_model`` (the model call
+    succeeded) confirms the reminders it carried. Every ``before_model`` settles the conversation
+    from the state it gets: a reminder message in the state is confirmed (a checkpointer saved it,
+    or the caller passed the history back in; a history reloaded after its lease expired is
+    acknowledged, never sent twice), and any other open lease of the conversation's session is
+    given back, at its place in the queue, and goes out in that call's reminder: its message died
+    with a failed run. A rebuilt agent, a new middleware object or another process therefore
+    recovers what an old one held; until the conversation runs again, an abandoned lease comes
+    back by itself after ``settings.delivery_lease_seconds``. A failure is not settled from inside
+    the failed model call (``wrap_model_call``) because a retrying middleware may still send the
+    same request again and a checkpointer may still save it.
 
-    So without a checkpointer a failed call's reminder arrives in the next run's first model
-    call, and with one, resuming the thread (``invoke(None, config)``) or sending it new input
-    shows it once, from the saved state. A conversation is a LangGraph ``thread_id`` (from
-    ``config["configurable"]``); runs without one form a single conversation. A failure is not
-    settled from inside the failed model call (``wrap_model_call``) because a retrying
-    middleware may still send the same request again and a checkpointer may still save it;
-    the next step's state is what tells.
+    **Idle wake-up** (``resume_when_idle=True``, the default): when the model gives a final answer
+    (no tool calls) while subagents of the conversation are live, ``after_model`` waits for the next
+    result (at most ``idle_timeout`` seconds per wait; None waits while subagents are live), adds
+    its reminder and jumps back to the model (``jump_to="model"``), at most ``max_idle_resumes``
+    times per run. The sync hook blocks the thread running ``invoke`` (on a thread that runs an
+    event loop it does not wait, and the result stays pending); the async one awaits.
 
-    Contract: runs of one conversation run one at a time (LangGraph requires this of a
-    thread; without thread ids, do not run two agent runs with this middleware at once).
-    Runs on different threads may overlap. Until a failed run's conversation runs again, its
-    notifications are neither pending nor delivered. Hooks may be called from any thread
-    (``invoke`` runs them on the caller's thread); the bookkeeping is locked and never blocks
-    on I/O. Put this middleware last in ``middleware=[...]``: its ``before_model`` then runs
-    right before the model call, so no other hook (a summarizer, say) rewrites the messages
-    between the reminder and the model.
+    Contract: the conversation's session is this middleware's to settle, and runs of one
+    conversation run one at a time (LangGraph requires this of a thread; without thread ids, do
+    not run two agent runs with this middleware at once). Hooks may be called from any thread
+    (``invoke`` runs them on the caller's thread, which must run no event loop). Put this
+    middleware last in ``middleware=[...]``: its ``before_model`` then runs right before the model
+    call, so no other hook (a summarizer, say) rewrites the messages between the reminder and the
+    model.
     """
 
-    def __init__(self, store: BackgroundStore, renderer: ReminderRenderer | None = None) -> None:
+    def __init__(
+        self,
+        store: Session,
+        renderer: ReminderRenderer | None = None,
+        *,
+        sessions_by_thread: bool = True,
+        resume_when_idle: bool = True,
+        idle_timeout: float | None = None,
+        max_idle_resumes: int = 16,
+    ) -> None:
         super().__init__()
+        if not isinstance(store, Session):
+            raise TypeError(f"store must be a followups.BackgroundStore or Session, got {type(store).__name__}")
+        if idle_timeout is not None and (isinstance(idle_timeout, bool) or not idle_timeout > 0):
+            raise ValueError(f"idle_timeout must be a positive number of seconds or None, got {idle_timeout!r}")
+        if isinstance(max_idle_resumes, bool) or not isinstance(max_idle_resumes, int) or max_idle_resumes < 0:
+            raise ValueError(f"max_idle_resumes must be a non-negative int, got {max_idle_resumes!r}")
         self.store = store
         self.renderer = renderer
+        self.sessions_by_thread = sessions_by_thread
+        self.resume_when_idle = resume_when_idle
+        self.idle_timeout = idle_timeout
+        self.max_idle_resumes = max_idle_resumes
         self._lock = threading.Lock()
-        self._unsettled: dict[str, _Unsettled] = {}
+        # Leases this object put into a state whose model call has not returned yet: before_model
+        # must not confirm them just because they are in the state.
+        self._sending: dict[str | None, set[str]] = {}
+        self._resumes: dict[str | None, int] = {}
+        self._threads_seen: set[str | None] = set()
+        # Leases this object has seen settled, so a long history is not re-settled at every call
+        # (only a cache: the ledger's settle and acknowledge are idempotent).
+        self._settled: dict[str, None] = {}
+
+    def session_for(self, thread_id: str | None) -> Session:
+        """The session of a conversation: ``store.session(thread_id)``, or ``store``."""
+        if thread_id is None or not self.sessions_by_thread:
+            return self.store
+        return self.store.session(thread_id)
+
+    def before_agent(self, state: AgentState[Any], runtime: Runtime[Any]) -> dict[str, Any] | None:
+        """A run starts: its idle wake-ups are counted from zero."""
+        with self._lock:
+            self._resumes.pop(_thread_id(runtime), None)
+        return None
+
+    async def abefore_agent(self, state: AgentState[Any], runtime: Runtime[Any]) -> dict[str, Any] | None:
+        """:meth:`before_agent` for ``ainvoke``/``astream``."""
+        return self.before_agent(state, runtime)
 
     def before_model(self, state: AgentState[Any], runtime: Runtime[Any]) -> dict[str, Any] | None:
-        """Settle this conversation's leftover reminders against ``state``, then drain the store;
-        returns ``{"messages": [reminder]}``, or None when nothing is pending."""
+        """Settle the conversation against ``state``, then lease what is pending; returns
+        ``{"messages": [reminder]}``, or None when nothing is pending."""
         return self._deliver(state, runtime)
 
     async def abefore_model(self, state: AgentState[Any], runtime: Runtime[Any]) -> dict[str, Any] | None:
         """:meth:`before_model` for ``ainvoke``/``astream``. Never suspends, so a cancellation
-        cannot fall between the drain and the state update."""
+        cannot fall between the lease and the state update."""
         return self._deliver(state, runtime)
 
+    @hook_config(can_jump_to=["model"])
     def after_model(self, state: AgentState[Any], runtime: Runtime[Any]) -> dict[str, Any] | None:
-        """Confirm the reminders in ``state``: the model call that read them succeeded."""
-        self._confirm_present(state)
-        return None
+        """Confirm the reminders in ``state`` (the model call that read them succeeded); on a
+        final answer with live subagents, wait for the next result and go back to the model."""
+        session = self._confirm_sent(state, runtime)
+        if not self._should_wait(state, runtime, session):
+            return None
+        if thread_runs_event_loop() is not None and not session.pending_count():
+            # A sync invoke on a thread running an event loop (a notebook, say): waiting would
+            # block that loop, maybe the pool's own; the run ends and the result stays pending.
+            return None
+        while session.live_count() and not session.pending_count():
+            if not wait_for_notification_blocking(session, self.idle_timeout):
+                break
+        return self._resume(session, runtime)
 
+    @hook_config(can_jump_to=["model"])
     async def aafter_model(self, state: AgentState[Any], runtime: Runtime[Any]) -> dict[str, Any] | None:
         """:meth:`after_model` for ``ainvoke``/``astream``."""
-        self._confirm_present(state)
-        return None
+        session = self._confirm_sent(state, runtime)
+        if not self._should_wait(state, runtime, session):
+            return None
+        while session.live_count() and not session.pending_count():
+            if not await session.wait_for_notification(self.idle_timeout):
+                break
+        return self._resume(session, runtime)
 
     def unsettled_task_ids(self) -> tuple[str, ...]:
-        """The ids of tasks whose reminder sits in some agent state, not yet confirmed or given
-        back (a run failed and its conversation has not run since)."""
+        """The ids of tasks whose reminder this object put into a state whose model call has
+        not returned (the call is under way, or its run failed and its conversation has not run
+        since). The ledger's own view, across processes, is ``session.leases()``."""
         with self._lock:
-            return tuple(task_id for record in self._unsettled.values() for task_id in record.delivery.task_ids)
+            sending = {lease_id for leases in self._sending.values() for lease_id in leases}
+        found: list[str] = []
+        for session in self._known_sessions():
+            found.extend(task_id for lease in session.leases() if lease.id in sending for task_id in lease.task_ids)
+        return tuple(found)
+
+    # -- internals ------------------------------------------------------------------------
+
+    def _known_sessions(self) -> list[Session]:
+        with self._lock:
+            threads = list(self._threads_seen)
+        return [self.session_for(thread) for thread in threads]
 
     def _deliver(self, state: AgentState[Any], runtime: Runtime[Any]) -> dict[str, Any] | None:
         thread_id = _thread_id(runtime)
-        present = _message_ids(state["messages"])
+        session = self.session_for(thread_id)
+        carried = _carried(state["messages"])
         with self._lock:
-            leftovers = [record for record in self._unsettled.values() if record.thread_id == thread_id]
-            for record in leftovers:
-                del self._unsettled[record.message_id]
-        # Newest first: each give_back puts its batch at the front of the queue, so the oldest
-        # batch, given back last, ends up in front and the original order is kept.
-        for record in reversed(leftovers):
-            if record.message_id in present:
-                record.delivery.confirm()
-            else:
-                record.delivery.give_back()
-        delivery = take_followup(self.store, self.renderer)
+            self._threads_seen.add(thread_id)
+            # This object's reminders whose model call has not returned: added by after_model for
+            # the call about to be made, or saved by a checkpointer from a failed call and now
+            # resent. The call's after_model settles them.
+            sending = self._sending.get(thread_id, set())
+            in_flight = {lease_id for lease_id, _ in carried if lease_id in sending}
+            # a lease of this object missing from the state died with a failed run: given back below
+            self._sending[thread_id] = in_flight
+            known = {lease_id for lease_id, _ in carried if lease_id in self._settled}
+        settle_from_history(session, carried, give_back_absent=True, in_flight=in_flight | known)
+        self._remember_settled(lease_id for lease_id, _ in carried if lease_id not in in_flight)
+        if in_flight:
+            return None  # this call already carries a reminder; the next one takes what is new
+        return self._take(session, thread_id)
+
+    def _take(self, session: Session, thread_id: str | None) -> dict[str, Any] | None:
+        delivery = take_followup(session, self.renderer)
         if delivery is None:
             return None
-        message_id = f"{REMINDER_ID_PREFIX}{uuid.uuid4().hex}"
         with self._lock:
-            self._unsettled[message_id] = _Unsettled(delivery, message_id, thread_id)
-        return {"messages": [HumanMessage(content=delivery.text, id=message_id)]}
+            self._sending.setdefault(thread_id, set()).add(delivery.lease_id)
+        message = HumanMessage(
+            content=delivery.text,
+            id=f"{REMINDER_ID_PREFIX}{delivery.lease_id}",
+            additional_kwargs={METADATA_KEY: delivery_metadata(delivery)},
+        )
+        return {"messages": [message]}
 
-    def _confirm_present(self, state: AgentState[Any]) -> None:
+    def _confirm_sent(self, state: AgentState[Any], runtime: Runtime[Any]) -> Session:
+        thread_id = _thread_id(runtime)
+        session = self.session_for(thread_id)
         with self._lock:
-            if not self._unsettled:
-                return
-            present = _message_ids(state["messages"])
-            confirmed = [self._unsettled.pop(message_id) for message_id in present & self._unsettled.keys()]
-        for record in confirmed:
-            record.delivery.confirm()
+            sending = self._sending.get(thread_id)
+            if not sending:
+                return session
+            sent = [lease_id for lease_id, _ in _carried(state["messages"]) if lease_id in sending]
+            sending.difference_update(sent)
+        for lease_id in sent:
+            session.settle(lease_id, delivered=True)
+        self._remember_settled(sent)
+        return session
+
+    def _remember_settled(self, lease_ids: Iterable[str]) -> None:
+        with self._lock:
+            for lease_id in lease_ids:
+                self._settled[lease_id] = None
+            while len(self._settled) > _MAX_REMEMBERED_LEASES:
+                del self._settled[next(iter(self._settled))]
+
+    def _should_wait(self, state: AgentState[Any], runtime: Runtime[Any], session: Session) -> bool:
+        if not self.resume_when_idle:
+            return False
+        messages = state["messages"]
+        last = messages[-1] if messages else None
+        if not isinstance(last, AIMessage) or last.tool_calls:
+            return False
+        if not session.live_count() and not session.pending_count():
+            return False
+        with self._lock:
+            return self._resumes.get(_thread_id(runtime), 0) < self.max_idle_resumes
+
+    def _resume(self, session: Session, runtime: Runtime[Any]) -> dict[str, Any] | None:
+        thread_id = _thread_id(runtime)
+        update = self._take(session, thread_id)
+        if update is None:
+            return None
+        with self._lock:
+            self._resumes[thread_id] = self._resumes.get(thread_id, 0) + 1
+        return {**update, "jump_to": "model"}
 
 
 def _thread_id(runtime: Runtime[Any]) -> str | None:
@@ -179,8 +293,15 @@ def _thread_id(runtime: Runtime[Any]) -> str | None:
     return None if info is None else info.thread_id
 
 
-def _message_ids(messages: Sequence[AnyMessage]) -> set[str]:
-    return {message.id for message in messages if message.id is not None}
+def _carried(messages: Sequence[AnyMessage]) -> list[tuple[str, tuple[str, ...]]]:
+    """The leases named by the reminder messages in ``messages``."""
+    found = []
+    for message in messages:
+        if isinstance(message, HumanMessage) and (message.id or "").startswith(REMINDER_ID_PREFIX):
+            parsed = parse_delivery_metadata(message.additional_kwargs.get(METADATA_KEY))
+            if parsed is not None:
+                found.append(parsed)
+    return found
 
 
 def _content_or_raise(outcome: ToolOutcome) -> str:
@@ -205,22 +326,29 @@ def to_langchain_tool(tool: Tool) -> StructuredTool:
     handler inline, so parallel calls are admitted in the model's order. An async handler
     works only from ``ainvoke``; its sync path raises ``TypeError`` saying so.
     """
-    name = tool.name
+    return _structured_tool(tool, lambda config: tool)
 
-    def run_sync(**arguments: Any) -> str:
+
+def _structured_tool(template: Tool, resolve: Callable[[RunnableConfig | None], Tool]) -> StructuredTool:
+    """A ``StructuredTool`` with ``template``'s name, description and schema that runs the tool
+    ``resolve(config)`` returns for the call's ``RunnableConfig``."""
+    name = template.name
+
+    def run_sync(config: RunnableConfig, **arguments: Any) -> str:
+        tool = resolve(config)
         if tool.is_async:
             raise TypeError(f"tool {name!r} has an async handler; run the agent with ainvoke/astream")
         return _content_or_raise(tool.invoke_sync(arguments))
 
-    async def run_async(**arguments: Any) -> str:
-        return _content_or_raise(await tool.invoke(arguments))
+    async def run_async(config: RunnableConfig, **arguments: Any) -> str:
+        return _content_or_raise(await resolve(config).invoke(arguments))
 
     return StructuredTool.from_function(
         func=run_sync,
         coroutine=run_async,
         name=name,
-        description=tool.description,
-        args_schema=tool.parameters,
+        description=template.description,
+        args_schema=template.parameters,
         infer_schema=False,
         handle_tool_error=True,
     )
@@ -240,9 +368,46 @@ def to_langchain_tools(tools: Iterable[Tool]) -> list[StructuredTool]:
 
 
 def langchain_task_tools(
-    pool: SubagentPool, run_subagent: Callable[[TaskRequest], Awaitable[Any]]
+    pool: SubagentPool,
+    run_subagent: Callable[[TaskRequest], Awaitable[Any]],
+    *,
+    sessions_by_thread: bool = True,
 ) -> list[StructuredTool]:
-    """:func:`followups.task_tools` (``task``, ``task_status``, ``cancel_task``) over ``pool``,
-    as LangChain tools for ``create_agent(model, tools=...)``. See :func:`to_langchain_tool` for
-    the threads they may run on."""
-    return to_langchain_tools(task_tools(pool, run_subagent))
+    """:func:`followups.task_tools` (``task``, ``task_status``, ``cancel_task``…) over ``pool``,
+    as LangChain tools for ``create_agent(model, tools=...)``.
+
+    ``run_subagent`` is an async callable taking a :class:`~followups.TaskRequest`. Each call
+    acts in the session of its conversation: ``store.session(thread_id)`` for a LangGraph
+    ``thread_id`` in the call's config (the session :class:`FollowupMiddleware` delivers from),
+    else the pool's own; ``sessions_by_thread=False`` always uses the pool's. See
+    :func:`to_langchain_tool` for the threads they may run on; with a
+    :class:`~followups.BlockingPool`, pass ``blocking.pool`` and a sync ``invoke`` needs no event
+    loop of its own.
+    """
+    templates = task_tools(pool, run_subagent)
+    lock = threading.Lock()
+    by_session: dict[str, dict[str, Tool]] = {}
+
+    def tools_for(config: RunnableConfig | None) -> dict[str, Tool]:
+        thread_id = ((config or {}).get("configurable") or {}).get("thread_id")
+        if thread_id is None or not sessions_by_thread:
+            session = pool.session
+        else:
+            session = pool.session.session(str(thread_id))
+        with lock:
+            tools = by_session.get(session.id)
+            if tools is None:
+                if len(by_session) >= _MAX_CACHED_SESSIONS:
+                    del by_session[next(iter(by_session))]
+                tools = {tool.name: tool for tool in task_tools(pool, run_subagent, session=session)}
+                by_session[session.id] = tools
+        return tools
+
+    def resolver(name: str) -> Callable[[RunnableConfig | None], Tool]:
+        return lambda config: tools_for(config)[name]
+
+    return [_structured_tool(template, resolver(template.name)) for template in templates]
+
+
+_MAX_CACHED_SESSIONS = 1024
+_MAX_REMEMBERED_LEASES = 4096
