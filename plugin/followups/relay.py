@@ -47,6 +47,7 @@ from .truncation import (
     count_newlines,
     cut_to_bytes,
     head_cap,
+    let_others_run,
     preview_of_lines,
     replace_surrogates,
     utf8_size,
@@ -975,6 +976,7 @@ def _write_text(file: _RelayFile, text: str) -> int:
             data = replace_surrogates(chunk).encode("utf-8")
         newlines += count_newlines(data)
         file.write(data)
+        let_others_run()
     return newlines
 
 

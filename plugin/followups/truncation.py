@@ -11,8 +11,9 @@ decoding leaves in a ``str``) counts as, and is written as, U+FFFD REPLACEMENT C
 
 from __future__ import annotations
 
+import os
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 __all__ = [
@@ -22,6 +23,7 @@ __all__ = [
     "count_newlines",
     "cut_to_bytes",
     "head_cap",
+    "let_others_run",
     "preview_of_lines",
     "replace_surrogates",
     "utf8_size",
@@ -33,6 +35,14 @@ _SURROGATE = re.compile("[\ud800-\udfff]")
 # Below this many bytes a line, ``bytes.count`` beats the memchr-driven ``bytes.replace``.
 _DENSE_LINE_BYTES = 20
 _DENSITY_SAMPLE_BYTES = 4096
+
+
+let_others_run: Callable[[], None] = getattr(os, "sched_yield", lambda: None)
+"""Offer the CPU to other runnable threads (``sched_yield`` where the OS has it, else nothing).
+
+Called between the chunks of a long encode, count or hash in a worker thread: on a machine with
+busy cores, the event loop's thread gets its turn at once instead of after a scheduler time
+slice of several milliseconds."""
 
 
 def replace_surrogates(text: str) -> str:
