@@ -8,7 +8,6 @@ pool holds only what cannot leave this process: each local run's function and ca
 
 from __future__ import annotations
 
-import dataclasses
 import inspect
 import json
 import secrets
@@ -24,7 +23,7 @@ from pydantic import BaseModel
 
 from .context import TaskContext, current_task, running_as
 from .errors import CapacityExceeded, PoolClosed, TaskIdInUse
-from .ledger.protocol import AdmissionRefused, CreateRequest, Selection
+from .ledger.protocol import AdmissionRefused, Selection
 from .loops import EventLoopHandle
 from .session import CANCELLED_BY_REQUEST, DEFAULT_CANCEL_REASON, SESSION_CLOSED, Session
 from .state import ClosePolicy, RunRef, TaskState, TaskStatus
@@ -231,9 +230,10 @@ class SubagentPool:
                 name=name,
                 parent=parent,
                 close_policy=close_policy,
+                **self._admission(explicit, use_slot=use_slot, inbox=inbox),
             )
             try:
-                admission = session.create(self._capped(request, explicit, use_slot=use_slot, inbox=inbox))
+                admission = session.create(request)
             except TaskIdInUse:
                 if explicit:
                     raise
@@ -252,16 +252,16 @@ class SubagentPool:
             self._on_loop(lambda: self._launch(run))
         return run.ref.task_id
 
-    def _capped(self, request: CreateRequest, explicit: bool, *, use_slot: bool, inbox: bool) -> CreateRequest:
-        return dataclasses.replace(
-            request,
-            if_exists="refuse_live" if explicit else "refuse",
-            max_running=self.max_concurrent if use_slot else None,
-            max_running_total=self.session.settings.max_concurrent_total if use_slot else None,
-            when_full=self.when_full,
-            max_queued=self.max_queued,
-            has_inbox=inbox,
-        )
+    def _admission(self, explicit: bool, *, use_slot: bool, inbox: bool) -> dict[str, Any]:
+        """The :class:`CreateRequest` fields that make a run of this pool: its cap and queue."""
+        return {
+            "if_exists": "refuse_live" if explicit else "refuse",
+            "max_running": self.max_concurrent if use_slot else None,
+            "max_running_total": self.session.settings.max_concurrent_total if use_slot else None,
+            "when_full": self.when_full,
+            "max_queued": self.max_queued,
+            "has_inbox": inbox,
+        }
 
     def _admitted_meanwhile(self, ref: RunRef) -> bool:
         """A queued run admitted between its creation and its registration here, whose start

@@ -759,6 +759,17 @@ class MemoryBackend:
             run = None if state is None else self._resolve(state, key)
             return None if run is None else self._task(run)
 
+    def current_ref(self, session: str, task_id: str) -> RunRef | None:
+        """The ref of the run that owns the record with id ``task_id`` (never a name), or None.
+
+        Not part of :class:`~followups.ledger.LedgerBackend`: an optional fast path that
+        :class:`~followups.Session` uses when a backend has it (``notify`` by task id), instead
+        of building a whole :meth:`get` snapshot. Thread-safe."""
+        with self._lock:
+            state = self._sessions.get(session)
+            run = None if state is None else state.records.get(task_id)
+            return None if run is None else run.ref
+
     def get_run(self, ref: RunRef) -> BackgroundTask | None:
         with self._lock:
             run = self._runs.get(ref)
