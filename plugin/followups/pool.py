@@ -12,6 +12,7 @@ import inspect
 import json
 import secrets
 import threading
+import types
 from collections.abc import Awaitable, Callable
 from types import TracebackType
 from typing import Any, Literal, Self
@@ -381,11 +382,10 @@ class SubagentPool:
         assert run.scope is not None
         with run.scope, running_as(run.context):
             try:
+                if run.timeout is None:  # no deadline: no cancel scope of its own to pay for
+                    return _final_state(await run.fn(*run.args, **kwargs))
                 with anyio.move_on_after(run.timeout) as deadline:
-                    value = await run.fn(*run.args, **kwargs)
-                    if isinstance(value, TaskState) and value.is_finished:
-                        return value
-                    return TaskState.completed(render_result(value))
+                    return _final_state(await run.fn(*run.args, **kwargs))
             except anyio.get_cancelled_exc_class() as exc:
                 if _cancellation_is_pending():
                     raise
@@ -421,6 +421,14 @@ class SubagentPool:
         return CapacityExceeded(message, limit=self.max_concurrent, in_flight=in_flight)
 
 
+def _final_state(value: Any) -> TaskState:
+    """A subagent's return value as its final state: a final state as it is, else completed
+    with the value rendered as text."""
+    if isinstance(value, TaskState) and value.is_finished:
+        return value
+    return TaskState.completed(render_result(value))
+
+
 def _cancellation_is_pending() -> bool:
     """True when the current task is being cancelled by a cancel scope (ours or an enclosing
     one), as opposed to a cancellation error that merely passed through it."""
@@ -433,6 +441,12 @@ def _cancellation_is_pending() -> bool:
 
 
 def _accepts_ctx(fn: Callable[..., Any]) -> bool:
+    """Whether ``fn`` takes a ``ctx`` keyword argument. A plain function is read from its code
+    object (a signature costs more than a trivial subagent's whole run); anything else, and a
+    function that carries its signature elsewhere (``functools.wraps``), from its signature."""
+    if type(fn) is types.FunctionType and not hasattr(fn, "__wrapped__") and not hasattr(fn, "__signature__"):
+        code = fn.__code__
+        return "ctx" in code.co_varnames[code.co_posonlyargcount : code.co_argcount + code.co_kwonlyargcount]
     try:
         parameter = inspect.signature(fn).parameters.get("ctx")
     except (TypeError, ValueError):
