@@ -153,7 +153,7 @@ class _Run:
         self.version = 0
         self.questions = 0
         self.pending_entries = 0
-        self.inbox: builtins.list[str] = []
+        self.inbox: builtins.list[str] | None = None  # made by the first message
         self.inbox_closed = False
 
     @property
@@ -240,7 +240,9 @@ class _Session:
         self.finished: dict[str, None] = {}  # by finish: the eviction order
         self.names: dict[str, str] = {}  # live task name -> task id
         self.children: dict[str, set[str]] = {}  # parent task id -> child task ids
-        self.queue: deque[_Run] = deque()  # capped runs waiting for a slot (stale ones skipped)
+        # capped runs waiting for a slot (stale ones skipped); made by the first one, as most
+        # sessions never queue and an empty deque costs more than the rest of a session
+        self.queue: deque[_Run] | None = None
         self.running = 0
         self.queued = 0
         self.capped_running = 0
@@ -249,6 +251,11 @@ class _Session:
         self.pending: dict[Any, _Entry] = {}  # in finish order
         self.available = 0
         self.cleared_through = 0
+
+    def enqueue(self, run: _Run) -> None:
+        if self.queue is None:
+            self.queue = deque()
+        self.queue.append(run)
 
 
 _EMPTY_SESSION = _Session("")
@@ -368,7 +375,7 @@ class MemoryBackend:
                 session.queued += 1
                 if run.capped:
                     session.capped_queued += 1
-                    session.queue.append(run)
+                    session.enqueue(run)
             else:
                 session.running += 1
                 if run.capped:
@@ -472,7 +479,7 @@ class MemoryBackend:
                 _uncount(entry)
             state.pending.clear()
             state.available = 0
-            state.queue.clear()
+            state.queue = None
             state.cleared_through = self._sequence
             effects.append(state.changed)
         self._dispatch(effects)
@@ -538,6 +545,8 @@ class MemoryBackend:
                 raise NoInbox(target)
             if run.inbox_closed:
                 raise InboxClosed(target)
+            if run.inbox is None:
+                run.inbox = []
             if len(run.inbox) >= max_messages:
                 raise InboxFull(target, limit=max_messages)
             run.inbox.append(message)
@@ -550,7 +559,7 @@ class MemoryBackend:
             run = self._runs.get(ref)
             if run is None or not run.inbox:
                 return []
-            messages, run.inbox = run.inbox, []
+            messages, run.inbox = run.inbox, None
             return messages
 
     def close_inbox(self, ref: RunRef) -> None:
@@ -992,8 +1001,9 @@ class MemoryBackend:
                     return
 
     def _admit_from(self, session: _Session, effects: builtins.list[Effect]) -> bool:
-        while session.queue:
-            run = session.queue.popleft()
+        queue = session.queue
+        while queue:
+            run = queue.popleft()
             if run.state.status is not _QUEUED or session.records.get(run.task_id) is not run:
                 continue
             run.state = _RUNNING_STATE
@@ -1138,7 +1148,7 @@ class MemoryBackend:
             if run.capped:
                 source.capped_queued -= 1
                 target.capped_queued += 1
-                target.queue.append(run)
+                target.enqueue(run)
         else:
             source.running -= 1
             target.running += 1
