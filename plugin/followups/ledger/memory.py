@@ -125,11 +125,13 @@ class _Run:
         "session",
         "started_at",
         "state",
+        "task_id",
         "version",
     )
 
     def __init__(self, ref: RunRef, request: CreateRequest, state: TaskState) -> None:
         self.ref = ref
+        self.task_id = ref.task_id  # a run keeps its ref, so its task id, for life
         self.session = request.session
         self.state = state
         self.description = request.description
@@ -155,10 +157,6 @@ class _Run:
         self.pending_entries = 0
         self.inbox: builtins.list[str] | None = None  # made by the first message
         self.inbox_closed = False
-
-    @property
-    def task_id(self) -> str:
-        return self.ref.task_id
 
     @property
     def live(self) -> bool:
@@ -281,6 +279,7 @@ class MemoryBackend:
         self._next_expiry = float("inf")
         self._total_cap: int | None = None
         self._listeners: dict[str, LedgerListener] = {}
+        self._listening: tuple[LedgerListener, ...] = ()  # their snapshot, for every operation
         self._epochs = itertools.count(1)
 
     # -- connection ---------------------------------------------------------------------------
@@ -289,18 +288,21 @@ class MemoryBackend:
         with self._lock:
             epoch = f"memory-{next(self._epochs)}"
             self._listeners[epoch] = listener
+            self._listening = tuple(self._listeners.values())
         return epoch
 
     def disconnect(self, epoch: str) -> None:
         with self._lock:
             self._listeners.pop(epoch, None)
+            self._listening = tuple(self._listeners.values())
 
     def close(self) -> None:
         with self._lock:
             self._listeners.clear()
+            self._listening = ()
 
     def _wants_events(self) -> bool:
-        for listener in self._listeners.values():
+        for listener in self._listening:
             if listener.wants_events:
                 return True
         return False
@@ -308,7 +310,7 @@ class MemoryBackend:
     def _dispatch(self, effects: builtins.list[Effect]) -> None:
         if not effects:
             return
-        for listener in list(self._listeners.values()):
+        for listener in self._listening:
             try:
                 listener.apply(effects)
             except Exception:
@@ -1019,7 +1021,10 @@ class MemoryBackend:
         return sum(session.capped_running for session in self._sessions.values())
 
     def _cascade(self, session: _Session, parent: _Run, effects: builtins.list[Effect], now: float) -> None:
-        for child_id in sorted(session.children.get(parent.task_id, ())):
+        children = session.children.get(parent.task_id)
+        if not children:
+            return
+        for child_id in sorted(children):
             child = session.records.get(child_id)
             if child is not None and child.live and child.close_policy == "cancel" and child.parent == parent.task_id:
                 self._cancel_run(session, child, "parent_finished", f"cancelled: its parent task {parent.task_id!r} finished", now, effects)
