@@ -21,12 +21,13 @@ from typing import Any
 import anyio
 import anyio.lowlevel
 
-from .core import StoreCore
+from .core import StoreCore, unavailable
 from .errors import NameInUse
 from .events import Subscription
 from .external import ExternalTask, TaskSpec, register_external
 from .ledger.protocol import (
     Admission,
+    BackendUnavailable,
     CancelReport,
     CreateRequest,
     Lease,
@@ -516,12 +517,14 @@ class Session:
     def _ref(self, id: str | RunRef) -> RunRef | None:
         if isinstance(id, RunRef):
             return id
-        backend = self._core.backend
-        current_ref = getattr(backend, "current_ref", None)
+        core = self._core
+        current_ref = core.current_ref
         if current_ref is not None:  # a backend's fast path: the ref without a snapshot
-            ref: RunRef | None = self._core.call(current_ref, self.id, id)
-            return ref
-        task = self._core.call(backend.get, self.id, id)
+            try:
+                return current_ref(self.id, id)
+            except BackendUnavailable as exc:
+                raise unavailable(exc) from exc
+        task = core.call(core.backend.get, self.id, id)
         if task is None or task.id != id:
             return None
         return task.ref
