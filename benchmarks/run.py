@@ -641,15 +641,21 @@ def bench_relay(rounds: int, workdir: Path) -> list[Figure]:
 # -- figure: stall -----------------------------------------------------------------------------
 
 
-async def _worst_stall(work: Callable[[], Any]) -> float:
-    """The longest the loop went without running a ready task while ``work()`` ran: a ticker
-    task yields to the loop in a tight loop and records the longest gap between its turns."""
+async def _worst_stall(work: Callable[[Callable[[], None]], Any]) -> float:
+    """The longest the loop went without running a ready task while ``work(restart)`` ran: a
+    ticker task yields to the loop in a tight loop and records the longest gap between its
+    turns since ``work`` last called ``restart()``."""
     done = False
     worst = 0.0
+    last = time.perf_counter()
+
+    def restart() -> None:
+        nonlocal worst, last
+        worst = 0.0
+        last = time.perf_counter()
 
     async def ticker() -> None:
-        nonlocal worst
-        last = time.perf_counter()
+        nonlocal worst, last
         while not done:
             await trio.lowlevel.checkpoint()
             now = time.perf_counter()
@@ -659,9 +665,8 @@ async def _worst_stall(work: Callable[[], Any]) -> float:
     async with trio.open_nursery() as nursery:
         nursery.start_soon(ticker)
         await trio.sleep(0.005)
-        worst = 0.0
         try:
-            await work()
+            await work(restart)
         finally:
             await trio.sleep(0.005)
             done = True
@@ -676,7 +681,8 @@ def stall_floor(workdir: Path, seed: int) -> float:
         with open(path, "w", encoding="utf-8") as handle:
             handle.write(text)
 
-    async def work() -> None:
+    async def work(restart: Callable[[], None]) -> None:
+        restart()
         await anyio.to_thread.run_sync(write)
 
     try:
@@ -690,12 +696,18 @@ def stall_subject(workdir: Path, seed: int) -> float:
     store = BackgroundStore(FollowupSettings(relay_dir=relay_dir))
     text = ascii_lines(RELAY_BYTES, seed)
 
-    async def subagent() -> str:
-        return text
+    async def work(restart: Callable[[], None]) -> None:
+        release = trio.Event()
 
-    async def work() -> None:
+        async def subagent() -> str:
+            await release.wait()
+            return text
+
         async with SubagentPool(store, close="wait") as pool:
             pool.spawn(subagent)
+            await trio.sleep(0.005)  # the subagent has started and waits
+            restart()
+            release.set()  # from here on: its result is reported, and the pool closes
 
     try:
         worst = trio.run(_worst_stall, work)
@@ -709,9 +721,10 @@ def stall_subject(workdir: Path, seed: int) -> float:
 
 
 def bench_stall(rounds: int, workdir: Path) -> list[Figure]:
-    """Subject: under ``trio.run``, a ``SubagentPool`` subagent returns a fresh 10 MB text,
-    which the pool reports (bounded and relayed off the loop); a ticker task on the same loop
-    records the longest gap between its turns meanwhile. Floor: the same ticker while
+    """Subject: under ``trio.run``, a ``SubagentPool`` subagent that has started returns a fresh
+    10 MB text, which the pool reports (bounded and relayed off the loop) before the pool
+    closes; a ticker task on the same loop records the longest gap between its turns from the
+    return on. Floor: the same ticker while
     ``anyio.to_thread.run_sync`` writes a fresh 1 MB text with a plain ``open(..., "w")
     .write``. Also: the subject's absolute stall stays within 5 ms."""
     floor_stalls: list[float] = []

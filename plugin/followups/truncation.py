@@ -235,13 +235,6 @@ def _render_line(line: _Line, cap: int) -> str:
     return kept + _cut_marker(line.chars - len(kept))
 
 
-def _line_cost(line: _Line, cap: int) -> int:
-    """An upper bound on the bytes ``_render_line(line, cap)`` produces."""
-    if line.encoded_bytes <= cap and len(line.text) == line.chars:
-        return line.encoded_bytes
-    return cap + len(_cut_marker(line.chars))
-
-
 def _fit_lines(head: list[_Line], tail: list[_Line], elided: int, max_bytes: int) -> str | None:
     lines = head + tail
     marker_bytes = len(_elision_marker(elided)) if elided else 0
@@ -250,15 +243,25 @@ def _fit_lines(head: list[_Line], tail: list[_Line], elided: int, max_bytes: int
     if budget < 0:
         return None
     widest = max((line.encoded_bytes for line in lines), default=0)
-    if sum(_line_cost(line, widest) for line in lines) <= budget:
+    # An upper bound on what _render_line makes of each line at a cap: a whole line costs its
+    # bytes up to the cap; past it, or when already cut, the cap and its marker. Kept as pairs,
+    # so each cap tried costs one pass and no call per line.
+    costs = [
+        (line.encoded_bytes if len(line.text) == line.chars else -1, len(_cut_marker(line.chars))) for line in lines
+    ]
+
+    def cost(cap: int) -> int:
+        return sum(size if 0 <= size <= cap else cap + marker for size, marker in costs)
+
+    if cost(widest) <= budget:
         cap = widest
-    elif sum(_line_cost(line, _MIN_LINE_BYTES) for line in lines) > budget:
+    elif cost(_MIN_LINE_BYTES) > budget:
         return None
     else:
         low, high = _MIN_LINE_BYTES, widest
         while low < high:
             middle = (low + high + 1) // 2
-            if sum(_line_cost(line, middle) for line in lines) <= budget:
+            if cost(middle) <= budget:
                 low = middle
             else:
                 high = middle - 1
