@@ -159,6 +159,11 @@ class _TagMatcher:
             char = next(chars, "")
         return (closing, "".join(name)) if name else None
 
+    @staticmethod
+    def may_hold_tag(text: str) -> bool:
+        """False when ``text`` has no character that reads as ``<``, so no tag to defuse."""
+        return "<" in text or (not text.isascii() and ("\ufe64" in text or "\uff1c" in text))
+
     def defuse(self, text: str) -> str:
         """``text`` with the ``<`` of every matching tag replaced by ``&lt;``."""
         if text.isascii():
@@ -430,6 +435,8 @@ class ReminderRenderer:
         a literal ``</system-reminder>`` would escape defusing and open a second block."""
         sentinels = self._sentinels
         defuse = self._tags.defuse
+        if not self._tags.may_hold_tag(rendered):
+            return rendered
         if sentinels.literal_lt not in rendered and sentinels.prompt not in rendered:
             return defuse(rendered)
         pieces = []
