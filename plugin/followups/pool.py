@@ -8,6 +8,7 @@ pool holds only what cannot leave this process: each local run's function and ca
 
 from __future__ import annotations
 
+import contextvars
 import inspect
 import json
 import secrets
@@ -19,6 +20,7 @@ from typing import Any, Literal, Self
 
 import anyio
 import anyio.abc
+import anyio.lowlevel
 import sniffio
 from pydantic import BaseModel
 
@@ -348,7 +350,22 @@ class SubagentPool:
             return
         run.launched = True
         run.scope = anyio.CancelScope()
-        self._task_group.start_soon(self._run, run, name=f"subagent {run.ref.task_id}")
+        hand_off = _handing_off.get()
+        if hand_off is not None and hand_off.pool is self and hand_off.run is None:
+            hand_off.run = run  # admitted by the report of the run that task is finishing
+            return
+        self._task_group.start_soon(self._work, run, name=f"subagent {run.ref.task_id}")
+
+    async def _work(self, run: _LocalRun | None) -> None:
+        """Run ``run``, then each run its report admitted (a queued run taking the freed slot),
+        in this task: a queue of subagents costs one task per slot, not one per subagent."""
+        while run is not None:
+            run = await self._run(run)
+            if run is not None:
+                # let the loop's other tasks run between subagents, without a cancellation
+                # point: the next run meets a cancellation at its own checkpoints, as it would
+                # in a task of its own
+                await anyio.lowlevel.cancel_shielded_checkpoint()
 
     def _drop(self, run: _LocalRun) -> None:
         with self._lock:
@@ -356,12 +373,14 @@ class SubagentPool:
         self.session._core.local_runs.discard(run.ref)
         self._drained.bump()
 
-    async def _run(self, run: _LocalRun) -> None:
+    async def _run(self, run: _LocalRun) -> _LocalRun | None:
+        """Execute and report ``run``; returns the queued run its report admitted, if any, for
+        the caller to run next."""
         core = self.session._core
         try:
             started = await core.call_async(core.backend.start, run.ref, now=core.clock())
             if not started:
-                return
+                return None
             try:
                 state = await self._execute(run)
             except anyio.get_cancelled_exc_class():
@@ -370,7 +389,17 @@ class SubagentPool:
             except BaseException as exc:
                 await core.report_async(run.ref, TaskState.failed(describe_exception(exc)))
                 raise
-            await core.report_async(run.ref, state)
+            hand_off = _HandOff(self)
+            token = _handing_off.set(hand_off)
+            try:
+                await core.report_async(run.ref, state)
+            except BaseException:
+                if hand_off.run is not None:  # it still runs, in a task of its own
+                    self._task_group.start_soon(self._work, hand_off.run)  # type: ignore[union-attr]
+                raise
+            finally:
+                _handing_off.reset(token)
+            return hand_off.run
         finally:
             self._drop(run)
 
@@ -419,6 +448,21 @@ class SubagentPool:
                 f"piece of work inline yourself."
             )
         return CapacityExceeded(message, limit=self.max_concurrent, in_flight=in_flight)
+
+
+class _HandOff:
+    """Set while a run's task reports it: a run that report admits is handed to that task,
+    which runs it next, instead of getting a task of its own. Only a launch made inside the
+    report (on the same task, in the same context) can see it."""
+
+    __slots__ = ("pool", "run")
+
+    def __init__(self, pool: SubagentPool) -> None:
+        self.pool = pool
+        self.run: _LocalRun | None = None
+
+
+_handing_off: contextvars.ContextVar[_HandOff | None] = contextvars.ContextVar("followups_pool_hand_off", default=None)
 
 
 def _final_state(value: Any) -> TaskState:
