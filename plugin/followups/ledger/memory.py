@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import builtins
 
+import dataclasses
 import itertools
 import logging
 import threading
@@ -94,6 +95,18 @@ def _notification(
     _set_session(notification, session)
     _set_kind(notification, kind)
     return notification
+
+
+# BackgroundTask likewise, for every read: its fields' setters, in field order.
+_TASK_SETTERS = tuple(vars(BackgroundTask)[field.name].__set__ for field in dataclasses.fields(BackgroundTask))
+
+
+def _snapshot(values: tuple[Any, ...]) -> BackgroundTask:
+    """A :class:`BackgroundTask` of ``values``, one per field in field order."""
+    task = _new(BackgroundTask)
+    for set_field, value in zip(_TASK_SETTERS, values, strict=True):
+        set_field(task, value)
+    return task
 
 
 class _Run:
@@ -899,24 +912,28 @@ class MemoryBackend:
 
     def _task(self, run: _Run) -> BackgroundTask:
         ref = run.ref
-        return BackgroundTask(
-            id=ref.task_id,
-            state=run.state,
-            description=run.description,
-            session=run.session,
-            kind=run.kind,
-            name=run.name,
-            parent=run.parent,
-            generation=ref.generation,
-            created_at=run.created_at,
-            started_at=run.started_at,
-            finished_at=run.finished_at,
-            progress=run.progress,
-            progress_at=run.progress_at,
-            cancel_requested_by=run.cancel_by,
-            close_policy=run.close_policy,
-            relay_path=run.relay_path,
-            origin_session=None if ref.session == run.session else ref.session,
+        return _snapshot(
+            (
+                ref.task_id,
+                run.state,
+                run.description,
+                run.session,
+                run.kind,
+                run.name,
+                run.parent,
+                ref.generation,
+                run.created_at,
+                run.started_at,
+                run.finished_at,
+                run.progress,
+                run.progress_at,
+                run.cancel_by,
+                run.close_policy,
+                None,  # persistence_error: the store's to add
+                False,  # stalled: the store's to decide
+                run.relay_path,
+                None if ref.session == run.session else ref.session,
+            )
         )
 
     def _key(self, entry: _Entry) -> Any:
