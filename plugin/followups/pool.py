@@ -370,8 +370,10 @@ class SubagentPool:
     def _drop(self, run: _LocalRun) -> None:
         with self._lock:
             self._runs.pop(run.ref, None)
+            drained = not self._runs
         self.session._core.local_runs.discard(run.ref)
-        self._drained.bump()
+        if drained:  # only the pool's exit waits for this, and only for the last run
+            self._drained.bump()
 
     async def _run(self, run: _LocalRun) -> _LocalRun | None:
         """Execute and report ``run``; returns the queued run its report admitted, if any, for
