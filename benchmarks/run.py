@@ -1032,11 +1032,13 @@ def bench_pool(rounds: int, workdir: Path) -> list[Figure]:
 # -- other modules' figures --------------------------------------------------------------------
 
 
-def run_figure_modules(check: bool) -> list[tuple[str, str]]:
-    """Run every ``benchmarks/*_figures.py`` exposing ``main(argv) -> int``; returns
-    ``(module, verdict)`` pairs, verdict ``PASS``, ``FAIL (status N)`` or ``SKIP: why``."""
+def run_figure_modules(check: bool, directory: Path = BENCH_DIR) -> list[tuple[str, str]]:
+    """Run every ``*_figures.py`` of ``directory`` exposing ``main(argv) -> int``, with
+    ``["--check"]`` when ``check``; returns ``(module, verdict)`` pairs, the verdict ``PASS``,
+    ``FAIL (status N)`` or ``SKIP: why`` (no ``main``, or an ``ImportError``: an optional
+    dependency is not installed). Any other exception propagates."""
     outcomes: list[tuple[str, str]] = []
-    for path in sorted(BENCH_DIR.glob("*_figures.py")):
+    for path in sorted(directory.glob("*_figures.py")):
         name = path.stem
         print(f"\n== {name} ==", flush=True)
         try:
@@ -1045,7 +1047,12 @@ def run_figure_modules(check: bool) -> list[tuple[str, str]]:
                 outcomes.append((name, "FAIL (cannot be loaded)"))
                 continue
             module = importlib.util.module_from_spec(spec)
-            spec.loader.exec_module(module)
+            sys.modules[spec.name] = module  # dataclasses and pickling look modules up there
+            try:
+                spec.loader.exec_module(module)
+            except BaseException:
+                del sys.modules[spec.name]
+                raise
             main_fn = getattr(module, "main", None)
             if not callable(main_fn):
                 print(f"{name}: no main(argv) function; not a figures module, skipped", flush=True)
