@@ -20,6 +20,7 @@ figure      floor                                                  target
 ==========  =====================================================  ===========================
 take        take + confirm of a reminder at 100 pending            50,000 pending: <= 2x
 sessions    10,000 minimal dict-based records                      build time and RSS <= 2x
+            (sessions-rss)
 store       a minimal store with a lock, an LRU preferring         <= 1.5x
             finished records and a tuple snapshot
 store-bare  a bare dict + deque                                    <= 3x
@@ -401,7 +402,7 @@ def bench_sessions(rounds: int, workdir: Path) -> list[Figure]:
             detail=f"per session: {_medians(timing, SESSIONS)}",
         ),
         Figure(
-            "sessions",
+            "sessions-rss",
             "10,000 minimal dict-based records: RSS",
             2.0,
             "<=",
