@@ -727,12 +727,13 @@ def bench_stall(rounds: int, workdir: Path) -> list[Figure]:
     closes; a ticker task on the same loop records the longest gap between its turns from the
     return on. Floor: the same ticker while
     ``anyio.to_thread.run_sync`` writes a fresh 1 MB text with a plain ``open(..., "w")
-    .write``. Also: the subject's absolute stall stays within 5 ms."""
+    .write``. Four pairs per round (each takes milliseconds, and on a busy machine the floor
+    itself varies most). Also: the subject's absolute stall stays within 5 ms."""
     floor_stalls: list[float] = []
     subject_stalls: list[float] = []
     stall_floor(workdir, 0)
     stall_subject(workdir, 1)
-    for index in range(rounds * 2):
+    for index in range(rounds * 4):  # cheap rounds, and the noisiest figure: more of them
         floor_stalls.append(stall_floor(workdir, 10 + index))
         subject_stalls.append(stall_subject(workdir, 100 + index))
     ratios = tuple(s / f for f, s in zip(floor_stalls, subject_stalls, strict=True))
