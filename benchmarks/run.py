@@ -1,90 +1,76 @@
-"""Speed and memory benchmarks for ``followups``, reported as ratios against in-script floors.
+"""Benchmarks for ``followups``: every figure as a ratio against a floor built in this script.
 
-The machine these run on is shared and noisy, so no figure is an absolute time. Each speed
-figure times a *subject* (the package doing the work) against a *floor* (the least code that
-does the same logical work, written in this script) in the same run, and reports the ratio.
+The machine these run on is shared and noisy, so no figure is an absolute time. Each figure
+times a *subject* (the package doing the work) and a *floor* (the least code that does the
+same logical work, written here) in the same run, and reports their ratio.
 
-How the timing works (see :func:`interleaved`): one untimed warm-up round, then 7 rounds
-(5 with ``--quick``); every round times the floor once and the subject once, with
-``time.perf_counter``, alternating which goes first so drift hits both equally. Inputs are
-built before the timed region, files are deleted after it, and ``gc.collect()`` runs before
-each timed run (the garbage collector stays enabled while timing: collections a run provokes
-are part of its cost). A figure reports the **median** of the 7 floor times, the **median**
-of the 7 subject times, and the ratio of those medians.
+Timing (:func:`interleaved`): one untimed warm-up round, then ``--rounds`` rounds (5 by
+default); every round times the floor once and the subject once with ``time.perf_counter``,
+alternating which goes first. Inputs are built before the timed region and removed after it;
+``gc.collect()`` runs before each timed run, and the collector stays on while timing (the
+collections a run provokes are part of its cost). Each round gives one ratio; a figure reports
+the **median** of those ratios and their **min-max**. Memory figures run in fresh child
+processes (this script with ``--child``), so the parent's allocations do not count; RSS is read
+from ``/proc/self/status`` (``VmRSS``, ``VmHWM``) where it exists, else ``ru_maxrss``.
 
-Figures (target in brackets):
+The figures and their targets (issue 10):
 
-1. ``store``  -- insert + notify + drain per task [subject/floor <= 2x].
-   Subject: ``BackgroundStore(FollowupSettings(relay_dir=tmp, capacity=N))``; for each of N
-   (50,000) pre-built ids, ``insert(id)``, ``notify(id, TaskState.completed("small result"))``
-   (one pre-built state object), and ``drain_notifications()`` every 32 tasks and at the end.
-   Floor: ``BareStore``, the same three calls over a dict of records and a
-   ``collections.deque`` of pending ``(id, state)`` entries, with a set for the
-   one-entry-per-task de-duplication; no lock, no events, no eviction. For reference the line
-   also gives the ratio against the same logical work written inline with no method calls.
-2. ``render`` -- rendering a 32-notification follow-up reminder [subject/floor <= 3x].
-   Subject: ``ReminderRenderer().render_followup(notifications)``, 32 notifications with
-   ~200-character texts, completed/failed/cancelled in turn, including everything the renderer
-   does for safety (the inputs' checks and the neutralization of the template's output).
-   Floor: f-strings building the same text; the script asserts once that both outputs are
-   identical. Each timed run renders the reminder 2,000 times. The line also gives the range of
-   the per-round ratios.
-3. ``relay``  -- relaying a 10 MB output [floor_time/subject_time >= 0.8x, a throughput
-   ratio]. Subject: ``OutputRelay(settings).relay_if_large("task-x", text)`` for a 10 MB str of
-   ~100-character ASCII lines, a fresh text every round. Floor: ``open(path, "w",
-   encoding="utf-8").write(text)`` of a fresh text of the same content into the same directory
-   (the same bytes, including the str -> bytes encoding). Both files are deleted after every
-   run. The line also gives the range of the per-round ratios.
-4. ``pool``   -- 10,000 trivial subagents with a cap of 4 [subject/floor <= 2x].
-   Subject: under ``trio.run``, ``SubagentPool(store, max_concurrent=4, when_full="queue",
-   max_queued=10_000, close="wait")`` spawning 10,000 ``async def trivial(): return "ok"``
-   and waiting for them all. Floor: an anyio task group (under trio) starting 10,000 tasks
-   that each do ``async with anyio.CapacityLimiter(4)`` (shared) and discard ``"ok"``. Both
-   timed runs include ``trio.run``'s own start-up, which is small and common to both.
-5. ``memory`` -- 2,000 finished tasks with 1 MB outputs, relayed to files and never drained
-   [peak RSS < 100 MiB]. Runs in a fresh child process (this script with ``--memory-child``)
-   so the parent's allocations do not count; the child reports its peak RSS right after its
-   imports and at the end, checks that 2,000 notifications are pending and that every relayed
-   file exists. On Linux the peak is ``VmHWM`` from ``/proc/self/status``: a child's
-   ``ru_maxrss`` starts at the parent's RSS at spawn time (the kernel carries the high-water
-   mark across fork and exec), so it is printed for reference only; elsewhere ``ru_maxrss``. The outputs (~2 GB) go to a temporary
-   directory that is deleted afterwards; the figure is skipped when less than 5 GB is free.
+==========  =====================================================  ===========================
+figure      floor                                                  target
+==========  =====================================================  ===========================
+take        take + confirm of a reminder at 100 pending            50,000 pending: <= 2x
+sessions    10,000 minimal dict-based records                      build time and RSS <= 2x
+            (sessions-rss)
+store       a minimal store with a lock, an LRU preferring         <= 1.5x
+            finished records and a tuple snapshot
+store-bare  a bare dict + deque                                    <= 3x
+relay       a plain write of a fresh 10 MB text                    >= 0.8x throughput
+stall       the loop's stall during a 1 MB plain write on a thread <= 2x, and <= 5 ms
+render      f-strings building the same 32-notification reminder  <= 3x
+turn        a loop turn with an inline tool                        a turn spawning: <= 1.5x
+memory      the import baseline (peak RSS)                         <= 3x; <= 4 KiB a result
+pool        cap workers pulling from a queue (cap 4 and 64)        <= 4x
+==========  =====================================================  ===========================
+
+Each figure's function says exactly what the subject and the floor do.
+
+After its own figures, the script runs every ``benchmarks/*_figures.py`` module that has a
+``main(argv: list[str] | None = None) -> int`` (the durable backends' figures), passing
+``--check`` through: a non-zero status is a failure. A module whose optional dependency is not
+installed (``ImportError``) is skipped with a message.
 
 Usage (from the project root, with the dev virtualenv)::
 
-    python benchmarks/run.py            # full run, well under 3 minutes
-    python benchmarks/run.py --quick    # smaller sizes, a smoke run of under ~20 s
+    python benchmarks/run.py            # every figure, a few minutes on 2 cores
     python benchmarks/run.py --check    # exit status 1 if any target is missed
-
-Without ``--check`` the exit status is 0 even when a target is missed: the output is a report.
-It prints one line per figure (the measured numbers, the ratio, the target, PASS/MISS/SKIP)
-and then one line describing the machine.
+    python benchmarks/run.py --only take,render   # some figures (and no *_figures modules)
 """
 
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import gc
 import importlib.metadata
+import importlib.util
 import json
 import os
 import platform
-import re
 import resource
 import shutil
 import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import anyio
+import anyio.to_thread
 import trio
 
 from followups import (
@@ -96,45 +82,16 @@ from followups import (
     TaskNotification,
     TaskState,
 )
+from followups.delivery import take_followup
+from followups.loop import AgentLoop, AssistantMessage, ScriptedModel, tool_call
+from followups.tools import TaskArgs, Tool, ToolOutcome, task_tools
 
+BENCH_DIR = Path(__file__).resolve().parent
 MIB = 1024 * 1024
-FREE_DISK_NEEDED = 5 * 10**9
+KIB = 1024
 
 
-# -- sizes -----------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Sizes:
-    """The workload of one run: full by default, smaller with ``--quick``."""
-
-    rounds: int
-    store_tasks: int
-    render_repeats: int
-    relay_bytes: int
-    pool_subagents: int
-    memory_tasks: int
-
-
-FULL = Sizes(
-    rounds=7,
-    store_tasks=50_000,
-    render_repeats=2_000,
-    relay_bytes=10 * 10**6,
-    pool_subagents=10_000,
-    memory_tasks=2_000,
-)
-QUICK = Sizes(
-    rounds=5,
-    store_tasks=10_000,
-    render_repeats=300,
-    relay_bytes=2 * 10**6,
-    pool_subagents=2_000,
-    memory_tasks=200,
-)
-
-
-# -- the shared timing helper ------------------------------------------------------------------
+# -- timing ------------------------------------------------------------------------------------
 
 
 @dataclass
@@ -149,27 +106,6 @@ Prepare = Callable[[], Trial]
 """Builds a fresh :class:`Trial` (inputs, stores, directories) outside the timed region."""
 
 
-@dataclass(frozen=True)
-class Timing:
-    """The per-round times of a floor and a subject, in seconds."""
-
-    floor: tuple[float, ...]
-    subject: tuple[float, ...]
-
-    @property
-    def floor_median(self) -> float:
-        return statistics.median(self.floor)
-
-    @property
-    def subject_median(self) -> float:
-        return statistics.median(self.subject)
-
-    @property
-    def slowdown(self) -> float:
-        """Median subject time over median floor time: 1.0 means as fast as the floor."""
-        return self.subject_median / self.floor_median
-
-
 def _time_once(prepare: Prepare) -> float:
     trial = prepare()
     gc.collect()
@@ -181,17 +117,30 @@ def _time_once(prepare: Prepare) -> float:
         trial.cleanup()
 
 
-def interleaved(floor: Prepare, subject: Prepare, rounds: int, *, warmup: int = 1) -> Timing:
-    """Time ``floor`` and ``subject`` alternately: ``warmup`` untimed rounds, then ``rounds``
-    rounds of one run each, the one that goes first alternating from round to round."""
-    for _ in range(warmup):
-        _time_once(floor)
-        _time_once(subject)
+@dataclass(frozen=True)
+class Timing:
+    """Per-round times of a floor and a subject, in seconds."""
+
+    floor: tuple[float, ...]
+    subject: tuple[float, ...]
+
+    def ratios(self) -> list[float]:
+        """Subject time over floor time, one per round (higher is slower)."""
+        return [s / f for f, s in zip(self.floor, self.subject, strict=True)]
+
+
+def interleaved(floor: Prepare, subject: Prepare, rounds: int) -> Timing:
+    """One untimed warm-up of each, then ``rounds`` rounds of one run each, alternating which
+    goes first."""
+    _time_once(floor)
+    _time_once(subject)
     floor_times: list[float] = []
     subject_times: list[float] = []
-    for round_index in range(rounds):
-        order = ((floor, floor_times), (subject, subject_times))
-        for prepare, times in order if round_index % 2 == 0 else reversed(order):
+    for index in range(rounds):
+        order = [(floor, floor_times), (subject, subject_times)]
+        if index % 2:
+            order.reverse()
+        for prepare, times in order:
             times.append(_time_once(prepare))
     return Timing(tuple(floor_times), tuple(subject_times))
 
@@ -201,39 +150,45 @@ def interleaved(floor: Prepare, subject: Prepare, rounds: int, *, warmup: int = 
 
 @dataclass(frozen=True)
 class Figure:
-    """One line of the report. ``value`` is compared with ``target`` using ``op``;
-    ``value is None`` means the figure was skipped (``measured`` says why)."""
+    """One line of the table. ``values`` are the per-round measurements (ratios, or the
+    absolute values of a figure that has no floor); the median is compared with ``target``."""
 
     name: str
-    measured: str
-    value: float | None
-    op: Literal["<=", ">=", "<"]
+    floor: str
     target: float
-    unit: str
+    op: Literal["<=", ">="]
+    values: tuple[float, ...] | None
+    unit: str = "x"
+    detail: str = ""
+
+    @property
+    def median(self) -> float | None:
+        return None if self.values is None else statistics.median(self.values)
 
     @property
     def passed(self) -> bool | None:
-        if self.value is None:
+        median = self.median
+        if median is None:
             return None
-        if self.op == "<=":
-            return self.value <= self.target
-        if self.op == ">=":
-            return self.value >= self.target
-        return self.value < self.target
+        return median <= self.target if self.op == "<=" else median >= self.target
 
-    def line(self) -> str:
+    def row(self) -> tuple[str, ...]:
         verdict = {True: "PASS", False: "MISS", None: "SKIP"}[self.passed]
-        shown = "-" if self.value is None else f"{self.value:.2f}{self.unit}"
-        target = f"{self.op} {self.target:g}{self.unit}"
-        return f"{self.name:<7} {shown:>9}  target {target:<10} {verdict}  | {self.measured}"
+        if self.values is None:
+            measured, spread = "-", "-"
+        else:
+            measured = f"{self.median:.2f}{self.unit}"
+            spread = f"{min(self.values):.2f}-{max(self.values):.2f}{self.unit}"
+        return (self.name, self.floor, f"{self.op} {self.target:g}{self.unit}", measured, spread, verdict, self.detail)
 
 
-def ratio_figure(name: str, timing: Timing, unit_work: float, unit: str, scale: float, target: float) -> Figure:
-    """A slowdown figure (subject/floor, lower is better) with both medians per unit of work."""
-    per_floor = timing.floor_median / unit_work * scale
-    per_subject = timing.subject_median / unit_work * scale
-    measured = f"floor {per_floor:9.3f} {unit}  subject {per_subject:9.3f} {unit}"
-    return Figure(name, measured, timing.slowdown, "<=", target, "x")
+HEADER = ("figure", "floor", "target", "median", "min-max", "verdict", "detail")
+
+
+def print_row(row: Sequence[str]) -> None:
+    widths = (11, 52, 10, 9, 13, 7)
+    cells = [cell.ljust(width) for cell, width in zip(row, widths, strict=False)]
+    print("  ".join(cells) + "  " + row[-1], flush=True)
 
 
 def machine_description() -> str:
@@ -245,119 +200,572 @@ def machine_description() -> str:
                     cpu = line.split(":", 1)[1].strip()
                     break
     except OSError:
-        pass
+        cpu = platform.processor() or cpu
     try:
         load = "load {:.2f} {:.2f} {:.2f}".format(*os.getloadavg())
     except OSError:
         load = "load n/a"
     return (
-        f"machine: {platform.platform()} | Python {platform.python_version()} | "
-        f"{os.cpu_count()} CPUs ({cpu}) | trio {importlib.metadata.version('trio')} | "
-        f"anyio {importlib.metadata.version('anyio')} | {load}"
+        f"machine: {os.cpu_count()} CPUs ({cpu}) | Python {platform.python_version()} | "
+        f"{platform.platform()} | trio {importlib.metadata.version('trio')} | "
+        f"anyio {importlib.metadata.version('anyio')} | jinja2 {importlib.metadata.version('jinja2')} | {load}"
     )
 
 
-# -- figure 1: store ---------------------------------------------------------------------------
+def _us(seconds: float, count: int) -> str:
+    return f"{seconds / count * 1e6:.2f}"
 
+
+def _medians(timing: Timing, count: int, unit: str = "us") -> str:
+    return (
+        f"floor {_us(statistics.median(timing.floor), count)} {unit}, "
+        f"subject {_us(statistics.median(timing.subject), count)} {unit}"
+    )
+
+
+# -- memory helpers ----------------------------------------------------------------------------
+
+
+def rss_kib() -> tuple[int, int, str]:
+    """This process's current and peak RSS in KiB, and where they were read.
+
+    A child's ``ru_maxrss`` starts at its parent's RSS at spawn time on Linux, so
+    ``/proc/self/status`` (``VmRSS`` and ``VmHWM``, this process image only) is used where it
+    exists."""
+    current = peak = 0
+    try:
+        with open("/proc/self/status", encoding="ascii") as status:
+            for line in status:
+                if line.startswith("VmRSS:"):
+                    current = int(line.split()[1])
+                elif line.startswith("VmHWM:"):
+                    peak = int(line.split()[1])
+        if current and peak:
+            return current, peak, "VmRSS/VmHWM"
+    except OSError:
+        pass
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak, peak, "ru_maxrss"
+
+
+def run_child(kind: str, *args: str, timeout: float = 600) -> dict[str, Any]:
+    """Run this script as ``--child kind args...`` in a fresh interpreter; its JSON report."""
+    completed = subprocess.run(
+        [sys.executable, __file__, "--child", kind, *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+    if completed.returncode != 0:
+        raise RuntimeError(f"benchmark child {kind!r} failed ({completed.returncode}):\n{completed.stderr}")
+    report: dict[str, Any] = json.loads(completed.stdout.strip().splitlines()[-1])
+    return report
+
+
+# -- figure: take ------------------------------------------------------------------------------
+
+TAKES = 5
+PER_TAKE = 20
+
+
+def _take_text(settings: FollowupSettings, store: BackgroundStore) -> str:
+    """A text such that one reminder carries exactly ``PER_TAKE`` of them within the budget."""
+    from followups.delivery import followup_item_overhead
+
+    overhead = followup_item_overhead(store.renderer) + len("task-000000")
+    # the frame (head and tail) takes some of the budget too
+    frame = len(store.renderer.render_followup([], remaining=99_999))
+    weight = (settings.reminder_budget_chars - frame) // PER_TAKE - 1
+    return ("The subagent read the files, ran the checks and summarised what it found. " * 40)[: weight - overhead]
+
+
+def _pending_store(workdir: Path, pending: int) -> BackgroundStore:
+    settings = FollowupSettings(relay_dir=workdir / "take-relay", max_pending=max(pending, 100) + 10)
+    store = BackgroundStore(settings)
+    state = TaskState.completed(_take_text(settings, store))
+    for i in range(pending):
+        task_id = f"task-{i:06d}"
+        store.insert(task_id)
+        store.notify(task_id, state)
+    return store
+
+
+def _take_and_confirm(store: BackgroundStore) -> None:
+    delivered = 0
+    for _ in range(TAKES):
+        delivery = take_followup(store)
+        if delivery is None:
+            raise RuntimeError("nothing pending to take")
+        delivered += len(delivery.notifications)
+        delivery.confirm()
+    if delivered != TAKES * PER_TAKE:
+        raise RuntimeError(f"{TAKES} takes delivered {delivered} notifications, expected {TAKES * PER_TAKE}")
+
+
+def bench_take(rounds: int, workdir: Path) -> list[Figure]:
+    """Subject: on a store holding 50,000 pending notifications, ``take_followup`` and
+    ``confirm`` five times, each reminder carrying 20 notifications (texts sized so that 20 fit
+    the default 32,000-character budget). Floor: the same five take + confirm on a store holding
+    100 pending. Both stores are built untimed, fresh for every run."""
+    big, small = 50_000, 100
+
+    def floor() -> Trial:
+        store = _pending_store(workdir, small)
+        return Trial(lambda: _take_and_confirm(store), store.close)
+
+    def subject() -> Trial:
+        store = _pending_store(workdir, big)
+        return Trial(lambda: _take_and_confirm(store), store.close)
+
+    timing = interleaved(floor, subject, rounds)
+    return [
+        Figure(
+            "take",
+            "take + confirm of a reminder at 100 pending",
+            2.0,
+            "<=",
+            tuple(timing.ratios()),
+            detail=f"50,000 pending; per reminder of {PER_TAKE}: {_medians(timing, TAKES)}",
+        )
+    ]
+
+
+# -- figure: sessions --------------------------------------------------------------------------
+
+SESSIONS = 10_000
+
+
+def _sessions_floor(ids: Sequence[str], now: Callable[[], float]) -> dict[str, dict[str, dict[str, object]]]:
+    """10,000 minimal records: per session, a dict of its one task's record as a dict."""
+    sessions: dict[str, dict[str, dict[str, object]]] = {}
+    for session_id in ids:
+        sessions[session_id] = {"task-1": {"status": "running", "description": "", "created_at": now()}}
+    return sessions
+
+
+def _sessions_subject(store: BackgroundStore, ids: Sequence[str]) -> None:
+    for session_id in ids:
+        store.session(session_id).insert("task-1")
+
+
+def sessions_child(kind: str, workdir: str) -> None:
+    """In a fresh process: build 10,000 sessions (subject or floor) and report the RSS they add."""
+    ids = [f"conversation-{i:06d}" for i in range(SESSIONS)]
+    store = BackgroundStore(FollowupSettings(relay_dir=Path(workdir) / "sessions-relay"))
+    store.session("warm-up").insert("task-1")
+    gc.collect()
+    before, _, source = rss_kib()
+    start = time.perf_counter()
+    if kind == "floor":
+        kept: object = _sessions_floor(ids, time.time)
+    else:
+        _sessions_subject(store, ids)
+        kept = store
+    elapsed = time.perf_counter() - start
+    gc.collect()
+    after, _, _ = rss_kib()
+    print(json.dumps({"kib": after - before, "seconds": elapsed, "source": source, "kept": id(kept) > 0}))
+
+
+def bench_sessions(rounds: int, workdir: Path) -> list[Figure]:
+    """Subject: ``store.session(id).insert("task-1")`` for 10,000 new session ids on one store
+    (the memory backend): 10,000 conversations with one background task each. Floor: 10,000
+    minimal dict-based records, ``sessions[id] = {"task-1": {"status": ..., "description": ...,
+    "created_at": time.time()}}``. Time is interleaved in this process; RSS is what each adds
+    in a fresh child process, one child per round and side."""
+    ids = [f"conversation-{i:06d}" for i in range(SESSIONS)]
+    settings = FollowupSettings(relay_dir=workdir / "sessions-relay")
+
+    def floor() -> Trial:
+        return Trial(lambda: _sessions_floor(ids, time.time))
+
+    def subject() -> Trial:
+        store = BackgroundStore(settings)
+        return Trial(lambda: _sessions_subject(store, ids), store.close)
+
+    timing = interleaved(floor, subject, rounds)
+    memory_ratios = []
+    floor_kib = subject_kib = 0.0
+    for _ in range(max(3, rounds // 2)):
+        floor_report = run_child("sessions", "floor", str(workdir))
+        subject_report = run_child("sessions", "subject", str(workdir))
+        floor_kib, subject_kib = floor_report["kib"], subject_report["kib"]
+        memory_ratios.append(subject_kib / max(floor_kib, 1))
+    return [
+        Figure(
+            "sessions",
+            "10,000 minimal dict-based records: build time",
+            2.0,
+            "<=",
+            tuple(timing.ratios()),
+            detail=f"per session: {_medians(timing, SESSIONS)}",
+        ),
+        Figure(
+            "sessions-rss",
+            "10,000 minimal dict-based records: RSS",
+            2.0,
+            "<=",
+            tuple(memory_ratios),
+            detail=f"last round: floor {floor_kib / 1024:.1f} MiB, subject {subject_kib / 1024:.1f} MiB",
+        ),
+    ]
+
+
+# -- figure: store -----------------------------------------------------------------------------
+
+STORE_TASKS = 50_000
+STORE_CAPACITY = 1_000
 DRAIN_EVERY = 32
 
 
-class _FloorRecord:
-    __slots__ = ("state",)
+@dataclass(frozen=True, slots=True)
+class _Snapshot:
+    """The floor's notification: an immutable snapshot, as a frozen slotted dataclass."""
 
-    def __init__(self, state: TaskState) -> None:
+    id: str
+    state: TaskState
+    sequence: int
+
+
+class _MinimalRecord:
+    __slots__ = ("id", "state")
+
+    def __init__(self, id: str, state: TaskState) -> None:
+        self.id = id
         self.state = state
 
 
-class BareStore:
-    """The floor: the store's three calls over a bare dict and deque, with a set for the
-    one-entry-per-task de-duplication. No lock, no events, no eviction, no relay."""
+_RUNNING_STATE = TaskState.running()
 
-    __slots__ = ("pending", "pending_ids", "records")
+
+class MinimalStore:
+    """The store floor with the guarantees: one lock around each call, a capacity-bounded
+    record table whose eviction prefers the record that finished longest ago (live records by
+    age only when none has finished), one pending entry per task, an immutable snapshot per
+    notification, and a lease that holds taken entries until confirmed. No validation, no
+    events, no sessions, no relay."""
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self.lock = threading.Lock()
+        self.records: dict[str, _MinimalRecord] = {}
+        self.live: OrderedDict[str, None] = OrderedDict()
+        self.finished: OrderedDict[str, None] = OrderedDict()
+        self.pending: dict[str, _Snapshot] = {}
+        self.leases: dict[int, tuple[_Snapshot, ...]] = {}
+        self.sequence = 0
+
+    def insert(self, id: str) -> None:
+        with self.lock:
+            if id not in self.records and len(self.records) >= self.capacity:
+                if self.finished:
+                    victim, _ = self.finished.popitem(last=False)
+                else:
+                    victim, _ = self.live.popitem(last=False)
+                del self.records[victim]
+            self.records[id] = _MinimalRecord(id, _RUNNING_STATE)
+            self.live[id] = None
+
+    def notify(self, id: str, state: TaskState) -> None:
+        with self.lock:
+            record = self.records.get(id)
+            if record is None or record.state == state:
+                return
+            record.state = state
+            self.live.pop(id, None)
+            self.finished[id] = None
+            self.sequence += 1
+            self.pending[id] = _Snapshot(id, state, self.sequence)
+
+    def lease(self) -> int:
+        with self.lock:
+            taken = tuple(self.pending.values())
+            self.pending.clear()
+            self.sequence += 1
+            self.leases[self.sequence] = taken
+            return self.sequence
+
+    def confirm(self, lease: int) -> int:
+        with self.lock:
+            return len(self.leases.pop(lease, ()))
+
+    def drain_notifications(self) -> int:
+        return self.confirm(self.lease())
+
+
+class BareStore:
+    """The bare floor: a dict of records and a deque of pending ``(id, state)``, with a set for
+    one entry per task. No lock, no eviction, no snapshot."""
 
     def __init__(self) -> None:
-        self.records: dict[str, _FloorRecord] = {}
+        self.records: dict[str, TaskState] = {}
         self.pending: deque[tuple[str, TaskState]] = deque()
         self.pending_ids: set[str] = set()
 
     def insert(self, id: str) -> None:
-        self.records[id] = _FloorRecord(_RUNNING)
+        self.records[id] = _RUNNING_STATE
 
     def notify(self, id: str, state: TaskState) -> None:
-        self.records[id].state = state
+        self.records[id] = state
         if id not in self.pending_ids:
             self.pending_ids.add(id)
             self.pending.append((id, state))
 
-    def drain_notifications(self) -> list[tuple[str, TaskState]]:
-        drained = list(self.pending)
+    def drain_notifications(self) -> int:
+        drained = len(self.pending)
         self.pending.clear()
         self.pending_ids.clear()
         return drained
 
 
-_RUNNING = TaskState.running()
-
-
-def _store_work(store: BackgroundStore | BareStore, ids: Sequence[str], state: TaskState) -> None:
-    """The measured work, identical for floor and subject: insert, notify, drain every 32."""
+def _store_work(store: Any, ids: Sequence[str], state: TaskState) -> None:
+    """The measured work, identical for floors and subject: insert, finish, and a lease +
+    confirm (a drain) every 32 tasks and at the end."""
+    insert, notify, drain = store.insert, store.notify, store.drain_notifications
     for count, id in enumerate(ids, 1):
-        store.insert(id)
-        store.notify(id, state)
+        insert(id)
+        notify(id, state)
         if count % DRAIN_EVERY == 0:
-            store.drain_notifications()
-    store.drain_notifications()
+            drain()
+    drain()
 
 
-def _inline_store_work(ids: Sequence[str], state: TaskState) -> None:
-    """The same logical work written inline, without even method calls (for reference)."""
-    records: dict[str, _FloorRecord] = {}
-    pending: deque[tuple[str, TaskState]] = deque()
-    pending_ids: set[str] = set()
-    for count, id in enumerate(ids, 1):
-        records[id] = _FloorRecord(_RUNNING)
-        records[id].state = state
-        if id not in pending_ids:
-            pending_ids.add(id)
-            pending.append((id, state))
-        if count % DRAIN_EVERY == 0:
-            list(pending)
-            pending.clear()
-            pending_ids.clear()
-
-
-def bench_store(sizes: Sizes, workdir: Path) -> Figure:
-    tasks = sizes.store_tasks
-    ids = [f"task-{i:06d}" for i in range(tasks)]
+def bench_store(rounds: int, workdir: Path) -> list[Figure]:
+    """Subject: ``BackgroundStore`` (memory backend, capacity 1,000): for each of 50,000 ids,
+    ``insert``, ``notify`` with one completed state, and ``drain_notifications`` (a lease and
+    its confirm) every 32 tasks. Floors: :class:`MinimalStore` and :class:`BareStore` doing the
+    same calls."""
+    ids = [f"task-{i:06d}" for i in range(STORE_TASKS)]
     state = TaskState.completed("small result")
-    settings = FollowupSettings(relay_dir=workdir / "store-relay", capacity=tasks)
+    settings = FollowupSettings(relay_dir=workdir / "store-relay", capacity=STORE_CAPACITY)
 
-    def floor() -> Trial:
-        bare = BareStore()
-        return Trial(lambda: _store_work(bare, ids, state))
+    def minimal() -> Trial:
+        store = MinimalStore(STORE_CAPACITY)
+        return Trial(lambda: _store_work(store, ids, state))
+
+    def bare() -> Trial:
+        store = BareStore()
+        return Trial(lambda: _store_work(store, ids, state))
 
     def subject() -> Trial:
         store = BackgroundStore(settings)
-        return Trial(lambda: _store_work(store, ids, state))
+        return Trial(lambda: _store_work(store, ids, state), store.close)
 
-    def inline() -> Trial:
-        return Trial(lambda: _inline_store_work(ids, state))
+    against_minimal = interleaved(minimal, subject, rounds)
+    against_bare = interleaved(bare, subject, rounds)
+    return [
+        Figure(
+            "store",
+            "a minimal store: lock, LRU preferring finished, snapshot",
+            1.5,
+            "<=",
+            tuple(against_minimal.ratios()),
+            detail=f"per task: {_medians(against_minimal, STORE_TASKS)}",
+        ),
+        Figure(
+            "store-bare",
+            "a bare dict + deque",
+            3.0,
+            "<=",
+            tuple(against_bare.ratios()),
+            detail=f"per task: {_medians(against_bare, STORE_TASKS)}",
+        ),
+    ]
 
-    timing = interleaved(floor, subject, sizes.rounds)
-    reference = interleaved(inline, subject, sizes.rounds)
-    figure = ratio_figure("store", timing, tasks, "us/task", 1e6, 2.0)
-    inline_us = reference.floor_median / tasks * 1e6
-    return dataclasses.replace(
-        figure,
-        measured=f"{figure.measured}  (vs the same work inlined, no calls: {inline_us:.3f} us, "
-        f"{reference.slowdown:.2f}x)",
-    )
+
+# -- figure: relay -----------------------------------------------------------------------------
+
+RELAY_BYTES = 10 * 10**6
 
 
-# -- figure 2: render --------------------------------------------------------------------------
+def ascii_lines(total_chars: int, seed: int) -> str:
+    """About ``total_chars`` of ~100-character ASCII lines; texts of different seeds share no
+    line, so no round finds its input in a cache."""
+    body = f"subagent output {seed:06d} line {{:08d}} " + "lorem ipsum dolor sit amet " * 3
+    return "".join(body.format(i)[:99] + "\n" for i in range(total_chars // 100))
+
+
+def bench_relay(rounds: int, workdir: Path) -> list[Figure]:
+    """Subject: ``OutputRelay(settings).relay_if_large("task-x", text)`` of a fresh 10 MB text
+    of ~100-character ASCII lines. Floor: ``open(path, "w", encoding="utf-8").write(text)`` of
+    another fresh text of the same size into the same directory. Texts are built untimed and
+    never reused; files are removed after each run. Throughput ratio: floor time / subject time."""
+    relay_dir = workdir / "relay"
+    relay = OutputRelay(FollowupSettings(relay_dir=relay_dir))
+    relay.relay_if_large("warm-up", "x\n" * 1000)
+    for leftover in relay_dir.iterdir():
+        leftover.unlink()
+    seeds = iter(range(10**6))
+
+    def floor() -> Trial:
+        path = relay_dir / "floor-output.txt"
+        text = ascii_lines(RELAY_BYTES, next(seeds))
+
+        def write() -> None:
+            with open(path, "w", encoding="utf-8") as handle:
+                handle.write(text)
+
+        return Trial(write, path.unlink)
+
+    def subject() -> Trial:
+        text = ascii_lines(RELAY_BYTES, next(seeds))
+
+        def relay_output() -> None:
+            if relay.relay_if_large("task-x", text).path is None:
+                raise RuntimeError("the 10 MB output was not relayed to a file")
+
+        def remove() -> None:
+            for relayed in relay_dir.iterdir():
+                relayed.unlink()
+
+        return Trial(relay_output, remove)
+
+    timing = interleaved(floor, subject, rounds)
+    megabytes = RELAY_BYTES / 1e6
+    throughput = tuple(1 / ratio for ratio in timing.ratios())
+    return [
+        Figure(
+            "relay",
+            "a plain write of the same-size fresh text",
+            0.8,
+            ">=",
+            throughput,
+            detail=(
+                f"floor {megabytes / statistics.median(timing.floor):.0f} MB/s, subject "
+                f"{megabytes / statistics.median(timing.subject):.0f} MB/s"
+            ),
+        )
+    ]
+
+
+# -- figure: stall -----------------------------------------------------------------------------
+
+
+async def _worst_stall(work: Callable[[Callable[[], None]], Any]) -> float:
+    """The longest the loop went without running a ready task while ``work(restart)`` ran: a
+    ticker task yields to the loop in a tight loop and records the longest gap between its
+    turns since ``work`` last called ``restart()``."""
+    done = False
+    worst = 0.0
+    last = time.perf_counter()
+
+    def restart() -> None:
+        nonlocal worst, last
+        worst = 0.0
+        last = time.perf_counter()
+
+    async def ticker() -> None:
+        nonlocal worst, last
+        while not done:
+            await trio.lowlevel.checkpoint()
+            now = time.perf_counter()
+            worst = max(worst, now - last)
+            last = now
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(ticker)
+        await trio.sleep(0.005)
+        try:
+            await work(restart)
+        finally:
+            await trio.sleep(0.005)
+            done = True
+    return worst
+
+
+def stall_floor(workdir: Path, seed: int) -> float:
+    text = ascii_lines(10**6, seed)
+    path = workdir / "stall-floor.txt"
+
+    def write() -> None:
+        with open(path, "w", encoding="utf-8") as handle:
+            handle.write(text)
+
+    async def work(restart: Callable[[], None]) -> None:
+        restart()
+        await anyio.to_thread.run_sync(write)
+
+    try:
+        return trio.run(_worst_stall, work)
+    finally:
+        path.unlink(missing_ok=True)
+
+
+def stall_subject(workdir: Path, seed: int) -> float:
+    relay_dir = workdir / "stall-relay"
+    store = BackgroundStore(FollowupSettings(relay_dir=relay_dir))
+    text = ascii_lines(RELAY_BYTES, seed)
+
+    async def work(restart: Callable[[], None]) -> None:
+        release = trio.Event()
+
+        async def subagent() -> str:
+            await release.wait()
+            return text
+
+        async with SubagentPool(store, close="wait") as pool:
+            pool.spawn(subagent)
+            await trio.sleep(0.005)  # the subagent has started and waits
+            restart()
+            release.set()  # from here on: its result is reported, and the pool closes
+
+    try:
+        worst = trio.run(_worst_stall, work)
+        notifications = store.drain_notifications()
+        if len(notifications) != 1 or "saved to" not in notifications[0].state.text:
+            raise RuntimeError("the 10 MB result was not relayed")
+        return worst
+    finally:
+        store.close()
+        shutil.rmtree(relay_dir, ignore_errors=True)
+
+
+def bench_stall(rounds: int, workdir: Path) -> list[Figure]:
+    """Subject: under ``trio.run``, a ``SubagentPool`` subagent that has started returns a fresh
+    10 MB text, which the pool reports (bounded and relayed off the loop) before the pool
+    closes; a ticker task on the same loop records the longest gap between its turns from the
+    return on. Floor: the same ticker while
+    ``anyio.to_thread.run_sync`` writes a fresh 1 MB text with a plain ``open(..., "w")
+    .write``. Four pairs per round (each takes milliseconds, and on a busy machine the floor
+    itself varies most). Also: the subject's absolute stall stays within 5 ms."""
+    floor_stalls: list[float] = []
+    subject_stalls: list[float] = []
+    stall_floor(workdir, 0)
+    stall_subject(workdir, 1)
+    for index in range(rounds * 4):  # cheap rounds, and the noisiest figure: more of them
+        floor_stalls.append(stall_floor(workdir, 10 + index))
+        subject_stalls.append(stall_subject(workdir, 100 + index))
+    ratios = tuple(s / f for f, s in zip(floor_stalls, subject_stalls, strict=True))
+    return [
+        Figure(
+            "stall",
+            "the loop's stall during a 1 MB plain write on a thread",
+            2.0,
+            "<=",
+            ratios,
+            detail=(
+                f"floor {statistics.median(floor_stalls) * 1e3:.2f} ms, "
+                f"subject {statistics.median(subject_stalls) * 1e3:.2f} ms"
+            ),
+        ),
+        Figure(
+            "stall-abs",
+            "none: the subject's stall itself",
+            5.0,
+            "<=",
+            tuple(stall * 1e3 for stall in subject_stalls),
+            unit=" ms",
+            detail="10 MB result reported through the pool",
+        ),
+    ]
+
+
+# -- figure: render ----------------------------------------------------------------------------
 
 REMINDER_HEAD = "<system-reminder>\nThe following background tasks finished since your last turn:\n"
 REMINDER_TAIL = "</system-reminder>"
+RENDER_REPEATS = 2_000
 
 
 def reminder_notifications(count: int = 32) -> list[TaskNotification]:
@@ -376,265 +784,352 @@ def floor_reminder(notifications: Sequence[TaskNotification]) -> str:
     return f"{REMINDER_HEAD}{body}{REMINDER_TAIL}"
 
 
-def round_ratios(timing: Timing, *, throughput: bool) -> str:
-    """The per-round ratios' range, as ``min-max``, in the figure's own sense."""
-    ratios = [
-        (floor / subject if throughput else subject / floor)
-        for floor, subject in zip(timing.floor, timing.subject, strict=True)
-    ]
-    return f"{min(ratios):.2f}-{max(ratios):.2f}x"
-
-
-def bench_render(sizes: Sizes, workdir: Path) -> Figure:
-    del workdir  # rendering touches no files
+def bench_render(rounds: int, workdir: Path) -> list[Figure]:
+    """Subject: ``ReminderRenderer().render_followup(notifications)`` for 32 notifications with
+    ~200-character texts, everything the renderer does for safety included (the inputs' checks,
+    the neutralization of the output). Floor: f-strings building the identical text (checked
+    once). Each run renders 2,000 times."""
     notifications = reminder_notifications()
     renderer = ReminderRenderer()
-    expected = renderer.render_followup(notifications)
-    if floor_reminder(notifications) != expected:
+    if floor_reminder(notifications) != renderer.render_followup(notifications):
         raise AssertionError("the render floor does not build the renderer's text; the comparison is void")
-    repeats = range(sizes.render_repeats)
+    repeats = range(RENDER_REPEATS)
 
     def floor() -> Trial:
         return Trial(lambda: [floor_reminder(notifications) for _ in repeats])
 
-    def subject() -> Trial:  # inputs checked, template rendered, output neutralized: all of it
+    def subject() -> Trial:
         return Trial(lambda: [renderer.render_followup(notifications) for _ in repeats])
 
-    timing = interleaved(floor, subject, sizes.rounds)
-    figure = ratio_figure("render", timing, sizes.render_repeats, "us/render", 1e6, 3.0)
-    rounds = round_ratios(timing, throughput=False)
-    return dataclasses.replace(figure, measured=f"{figure.measured}  (rounds {rounds})")
+    timing = interleaved(floor, subject, rounds)
+    return [
+        Figure(
+            "render",
+            "f-strings building the same 32-notification reminder",
+            3.0,
+            "<=",
+            tuple(timing.ratios()),
+            detail=f"per render: {_medians(timing, RENDER_REPEATS)}",
+        )
+    ]
 
 
-# -- figure 3: relay ---------------------------------------------------------------------------
+# -- figure: turn ------------------------------------------------------------------------------
+
+TURNS = 400
 
 
-def ascii_lines(total_chars: int, seed: int = 0) -> str:
-    """About ``total_chars`` of ~100-character ASCII lines, each ending in a newline; the
-    ``seed`` goes into every line, so texts of different seeds share no line."""
-    line_body = f"subagent output {seed:04d} line {{:08d}} " + "lorem ipsum dolor sit amet " * 3
-    lines = [(line_body.format(i)[:99] + "\n") for i in range(total_chars // 100)]
-    return "".join(lines)
-
-
-def bench_relay(sizes: Sizes, workdir: Path) -> Figure:
-    """Each round builds a fresh text (untimed) for the floor and, separately, another fresh
-    copy of the same content for the subject: neither finds its input in a cache, and no
-    round reuses another's text, as real outputs never repeat."""
-    relay_dir = workdir / "relay"
-    relay = OutputRelay(FollowupSettings(relay_dir=relay_dir))
-    relay.relay_if_large("warm-up", "x\n" * 1000)  # creates the directory, does the first sweep
-    for leftover in relay_dir.iterdir():
-        leftover.unlink()
-    floor_rounds, subject_rounds = iter(range(10**6)), iter(range(10**6))
-
-    def floor() -> Trial:
-        path = relay_dir / "floor-output.txt"
-        text = ascii_lines(sizes.relay_bytes, next(floor_rounds))
-
-        def write() -> None:
-            with open(path, "w", encoding="utf-8") as handle:
-                handle.write(text)
-
-        return Trial(write, lambda: path.unlink())
-
-    def subject() -> Trial:
-        text = ascii_lines(sizes.relay_bytes, next(subject_rounds))
-
-        def relay_output() -> None:
-            if relay.relay_if_large("task-x", text).path is None:
-                raise RuntimeError("the 10 MB output was not relayed to a file")
-
-        def remove_relayed() -> None:
-            for relayed in relay_dir.iterdir():
-                relayed.unlink()
-
-        return Trial(relay_output, remove_relayed)
-
-    timing = interleaved(floor, subject, sizes.rounds)
-    megabytes = sizes.relay_bytes / 1e6
-    measured = (
-        f"floor {megabytes / timing.floor_median:7.0f} MB/s   subject "
-        f"{megabytes / timing.subject_median:7.0f} MB/s ({megabytes:.0f} MB, fresh every round; "
-        f"floor/subject time; rounds {round_ratios(timing, throughput=True)})"
-    )
-    return Figure("relay", measured, 1 / timing.slowdown, ">=", 0.8, "x")
-
-
-# -- figure 4: pool ----------------------------------------------------------------------------
-
-POOL_CAP = 4
-
-
-async def trivial() -> str:
+async def _trivial_subagent(request: object) -> str:
     return "ok"
 
 
-async def _floor_pool(subagents: int) -> None:
-    limiter = anyio.CapacityLimiter(POOL_CAP)
-
-    async def worker() -> None:
-        async with limiter:
-            await trivial()
-
-    async with anyio.create_task_group() as task_group:
-        for _ in range(subagents):
-            task_group.start_soon(worker)
+def _script() -> list[AssistantMessage | str]:
+    return [AssistantMessage(tool_calls=[tool_call("task", description="check", prompt="check it")]), "done"]
 
 
-async def _subject_pool(store: BackgroundStore, subagents: int) -> None:
-    async with SubagentPool(
-        store, max_concurrent=POOL_CAP, when_full="queue", max_queued=subagents, close="wait"
-    ) as pool:
-        for _ in range(subagents):
-            pool.spawn(trivial)
+async def _turns_inline(turns: int) -> None:
+    def inline(args: TaskArgs) -> ToolOutcome:
+        return ToolOutcome("ok")
+
+    tools = [Tool("task", "Do a piece of work.", TaskArgs, inline)]
+    for _ in range(turns):
+        await AgentLoop(ScriptedModel(_script()), tools).run("go")
 
 
-def bench_pool(sizes: Sizes, workdir: Path) -> Figure:
-    subagents = sizes.pool_subagents
-    settings = FollowupSettings(
-        relay_dir=workdir / "pool-relay", capacity=subagents + POOL_CAP, max_concurrent=POOL_CAP
-    )
+async def _turns_spawning(store: BackgroundStore, turns: int) -> None:
+    async with SubagentPool(store, when_full="queue", close="wait") as pool:
+        tools = task_tools(pool, _trivial_subagent)
+        for _ in range(turns):
+            await AgentLoop(ScriptedModel(_script()), tools).run("go")
+
+
+def bench_turn(rounds: int, workdir: Path) -> list[Figure]:
+    """Subject: 400 turns of ``AgentLoop`` under ``trio.run``; in each the scripted model calls
+    the ``task`` tool of :func:`task_tools` (which spawns a trivial subagent in a
+    ``SubagentPool``), then ends the turn; the pool waits for every subagent at the end.
+    Floor: the same 400 turns where the ``task`` tool (the same ``TaskArgs`` parameters)
+    returns its result inline."""
+    settings = FollowupSettings(relay_dir=workdir / "turn-relay", capacity=1024, max_pending=TURNS + 10)
 
     def floor() -> Trial:
-        return Trial(lambda: trio.run(_floor_pool, subagents))
+        return Trial(lambda: trio.run(_turns_inline, TURNS))
 
     def subject() -> Trial:
         store = BackgroundStore(settings)
 
         def run() -> None:
-            trio.run(_subject_pool, store, subagents)
-            if store.pending_count() != subagents:
-                raise RuntimeError(f"{store.pending_count()} of {subagents} subagents reported")
+            trio.run(_turns_spawning, store, TURNS)
+            if store.pending_count() != TURNS:
+                raise RuntimeError(f"{store.pending_count()} of {TURNS} subagents reported")
 
-        return Trial(run)
+        return Trial(run, store.close)
 
-    timing = interleaved(floor, subject, sizes.rounds)
-    return ratio_figure("pool", timing, subagents, "us/task", 1e6, 2.0)
-
-
-# -- figure 5: memory --------------------------------------------------------------------------
-
-MEMORY_TARGET_MIB = 100.0
-_FOOTER_PATH = re.compile(r"saved to (.+?\.txt)\. Use the")
-
-
-def peak_rss_kib() -> tuple[int, str]:
-    """This process's peak RSS in KiB and where it was read.
-
-    ``ru_maxrss`` of a spawned child starts at the parent's RSS at spawn time (Linux keeps the
-    high-water mark across fork and exec), so where ``/proc/self/status`` exists its
-    ``VmHWM`` (the peak of this process image only) is used instead.
-    """
-    try:
-        with open("/proc/self/status", encoding="ascii") as status:
-            for line in status:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]), "VmHWM"
-    except OSError:
-        pass
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, "ru_maxrss"
+    timing = interleaved(floor, subject, rounds)
+    return [
+        Figure(
+            "turn",
+            "the same turn with an inline tool",
+            1.5,
+            "<=",
+            tuple(timing.ratios()),
+            detail=f"per turn: {_medians(timing, TURNS)}",
+        )
+    ]
 
 
-def memory_child(tmpdir: str, tasks: int) -> None:
-    """Run in a fresh process: fill a store with ``tasks`` relayed 1 MB outputs, print JSON."""
-    baseline_kib, source = peak_rss_kib()
-    relay_dir = Path(tmpdir) / "relay"
-    store = BackgroundStore(FollowupSettings(relay_dir=relay_dir, capacity=tasks, relay_max_total_bytes=4 * 1024**3))
-    for i in range(tasks):
+# -- figure: memory ----------------------------------------------------------------------------
+
+MEMORY_RESULTS = 20_000
+MEMORY_FILE_BYTES = 64 * 1024
+FREE_DISK_NEEDED = 3 * 10**9
+
+
+def memory_child(tmpdir: str, results: int) -> None:
+    """In a fresh process: finish ``results`` tasks with fresh 1 MB outputs, relayed and never
+    drained; report the RSS after imports and at the peak."""
+    _, baseline, source = rss_kib()
+    settings = FollowupSettings(
+        relay_dir=Path(tmpdir) / "relay",
+        capacity=results,
+        max_pending=results,
+        relay_max_file_bytes=MEMORY_FILE_BYTES,
+        relay_max_total_bytes=4 * 1024**3,
+    )
+    store = BackgroundStore(settings)
+    for i in range(results):
         line = f"task {i:06d} output line " + "x" * 999 + "\n"  # 1 KiB, unique to this task
-        output = line * 1024  # 1 MiB, built fresh for every task
+        output = line * 1024  # 1 MiB, fresh for every task
         store.insert(f"task-{i}")
         store.notify(f"task-{i}", TaskState.completed(output))
         del output, line
-    peak_kib, _ = peak_rss_kib()
-    ru_maxrss_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    gc.collect()
+    _, peak, _ = rss_kib()
     pending = store.pending_count()
-    notifications = store.drain_notifications()  # read after the peak was taken
-    paths = {match.group(1) for n in notifications if (match := _FOOTER_PATH.search(n.state.text))}
-    existing = sum(1 for path in paths if os.path.isfile(path))
-    report = {
-        "source": source,
-        "baseline_kib": baseline_kib,
-        "peak_kib": peak_kib,
-        "ru_maxrss_kib": ru_maxrss_kib,
-        "pending": pending,
-        "files": existing,
-    }
-    print(json.dumps(report))
+    relayed = sum(1 for n in store.pending_notifications() if "saved to" in n.state.text)
+    print(json.dumps({"source": source, "baseline_kib": baseline, "peak_kib": peak, "pending": pending, "relayed": relayed}))
 
 
-def bench_memory(sizes: Sizes, workdir: Path) -> Figure:
-    del workdir  # the child writes ~2 GB, so it gets its own directory, removed at the end
-    tasks = sizes.memory_tasks
+def bench_memory(rounds: int, workdir: Path) -> list[Figure]:
+    """Subject: in a fresh process, 20,000 tasks each finish with a fresh 1 MiB output (1,024
+    lines of 1 KiB), relayed to files and never drained (``relay_max_file_bytes`` 64 KiB, so a
+    file keeps head and tail and the disk holds about 1.3 GB rather than 20 GB). Floor: the
+    same process's peak RSS right after its imports. Also: the per-result cost, (peak -
+    baseline) / 20,000, within 4 KiB."""
+    del rounds  # one child: 20,000 results take a while, and the figure is not noisy
     free = shutil.disk_usage(tempfile.gettempdir()).free
     if free < FREE_DISK_NEEDED:
-        reason = f"skipped: only {free / 1e9:.1f} GB free in {tempfile.gettempdir()}, need 5 GB"
-        return Figure("memory", reason, None, "<", MEMORY_TARGET_MIB, "MiB")
+        reason = f"skipped: {free / 1e9:.1f} GB free in {tempfile.gettempdir()}, need 3 GB"
+        return [Figure("memory", "the import baseline", 3.0, "<=", None, detail=reason)]
     with tempfile.TemporaryDirectory(prefix="followups-bench-memory-") as tmpdir:
-        completed = subprocess.run(
-            [sys.executable, __file__, "--memory-child", tmpdir, "--memory-tasks", str(tasks)],
-            capture_output=True,
-            text=True,
-            timeout=300,
-            check=False,
+        report = run_child("memory", tmpdir, str(MEMORY_RESULTS))
+    if report["pending"] != MEMORY_RESULTS or report["relayed"] != MEMORY_RESULTS:
+        raise RuntimeError(f"memory child: {report}")
+    baseline, peak = report["baseline_kib"], report["peak_kib"]
+    per_result = (peak - baseline) / MEMORY_RESULTS
+    return [
+        Figure(
+            "memory",
+            "the import baseline (peak RSS)",
+            3.0,
+            "<=",
+            (peak / baseline,),
+            detail=f"{report['source']}: baseline {baseline / 1024:.1f} MiB, peak {peak / 1024:.1f} MiB",
+        ),
+        Figure(
+            "memory-per",
+            "none: (peak - baseline) per undrained result",
+            4.0,
+            "<=",
+            (per_result,),
+            unit=" KiB",
+            detail=f"{MEMORY_RESULTS} pending, all relayed",
+        ),
+    ]
+
+
+# -- figure: pool ------------------------------------------------------------------------------
+
+POOL_SUBAGENTS = 10_000
+
+
+async def _trivial() -> str:
+    return "ok"
+
+
+async def _floor_pool(subagents: int, cap: int, texts: list[str]) -> None:
+    """``cap`` workers pulling jobs from a queue; then the results rendered with f-strings in
+    reminders of 32."""
+    jobs: deque[int] = deque(range(subagents))
+    results: list[tuple[str, TaskState]] = []
+
+    async def worker() -> None:
+        while jobs:
+            index = jobs.popleft()
+            value = await _trivial()
+            results.append((f"task-{index}", TaskState.completed(value)))
+            await trio.lowlevel.checkpoint()
+
+    async with trio.open_nursery() as nursery:
+        for _ in range(cap):
+            nursery.start_soon(worker)
+    for start in range(0, len(results), 32):
+        batch = results[start : start + 32]
+        body = "".join(f"\n[task {id}] {state.status.value}: {state.text}\n" for id, state in batch)
+        texts.append(f"{REMINDER_HEAD}{body}{REMINDER_TAIL}")
+
+
+async def _subject_pool(store: BackgroundStore, subagents: int, cap: int, texts: list[str]) -> None:
+    async with SubagentPool(store, max_concurrent=cap, when_full="queue", max_queued=subagents, close="wait") as pool:
+        for _ in range(subagents):
+            pool.spawn(_trivial)
+    while (delivery := take_followup(store)) is not None:
+        texts.append(delivery.text)
+        delivery.confirm()
+
+
+def bench_pool(rounds: int, workdir: Path) -> list[Figure]:
+    """Subject: under ``trio.run``, ``SubagentPool(max_concurrent=cap, when_full="queue",
+    close="wait")`` runs 10,000 ``async def trivial(): return "ok"``; then every notification
+    is delivered with ``take_followup`` + ``confirm``. Floor: ``cap`` worker tasks pulling the
+    10,000 jobs from a deque, each keeping ``(id, TaskState)``, then the results rendered with
+    f-strings in reminders of 32. For cap 4 and cap 64."""
+    figures = []
+    for cap in (4, 64):
+        settings = FollowupSettings(
+            relay_dir=workdir / "pool-relay",
+            capacity=POOL_SUBAGENTS + cap,
+            max_concurrent=cap,
+            max_pending=POOL_SUBAGENTS + 10,
         )
-    if completed.returncode != 0:
-        raise RuntimeError(f"memory child failed ({completed.returncode}):\n{completed.stderr}")
-    report = json.loads(completed.stdout.strip().splitlines()[-1])
-    if report["pending"] != tasks or report["files"] != tasks:
-        raise RuntimeError(
-            f"memory child: {report['pending']} pending notifications and {report['files']} relay "
-            f"files, expected {tasks} of each"
+
+        def floor(cap: int = cap) -> Trial:
+            texts: list[str] = []
+            return Trial(lambda: trio.run(_floor_pool, POOL_SUBAGENTS, cap, texts))
+
+        def subject(cap: int = cap, settings: FollowupSettings = settings) -> Trial:
+            store = BackgroundStore(settings)
+            texts: list[str] = []
+
+            def run() -> None:
+                trio.run(_subject_pool, store, POOL_SUBAGENTS, cap, texts)
+                if store.pending_count() or not texts:
+                    raise RuntimeError("the pool's results were not all delivered")
+
+            return Trial(run, store.close)
+
+        timing = interleaved(floor, subject, rounds)
+        figures.append(
+            Figure(
+                f"pool-{cap}",
+                f"{cap} workers pulling from a queue, f-string reminders",
+                4.0,
+                "<=",
+                tuple(timing.ratios()),
+                detail=f"per subagent: {_medians(timing, POOL_SUBAGENTS)}",
+            )
         )
-    baseline, peak = report["baseline_kib"] / 1024, report["peak_kib"] / 1024
-    measured = (
-        f"{report['source']}: after imports {baseline:5.1f} MiB, peak {peak:5.1f} MiB "
-        f"(ru_maxrss {report['ru_maxrss_kib'] / 1024:.1f}); {tasks} pending, {tasks} files"
-    )
-    return Figure("memory", measured, peak, "<", MEMORY_TARGET_MIB, "MiB")
+    return figures
+
+
+# -- other modules' figures --------------------------------------------------------------------
+
+
+def run_figure_modules(check: bool, directory: Path = BENCH_DIR) -> list[tuple[str, str]]:
+    """Run every ``*_figures.py`` of ``directory`` exposing ``main(argv) -> int``, with
+    ``["--check"]`` when ``check``; returns ``(module, verdict)`` pairs, the verdict ``PASS``,
+    ``FAIL (status N)`` or ``SKIP: why`` (no ``main``, or an ``ImportError``: an optional
+    dependency is not installed). Any other exception propagates."""
+    outcomes: list[tuple[str, str]] = []
+    for path in sorted(directory.glob("*_figures.py")):
+        name = path.stem
+        print(f"\n== {name} ==", flush=True)
+        try:
+            spec = importlib.util.spec_from_file_location(f"benchmarks_{name}", path)
+            if spec is None or spec.loader is None:
+                outcomes.append((name, "FAIL (cannot be loaded)"))
+                continue
+            module = importlib.util.module_from_spec(spec)
+            sys.modules[spec.name] = module  # dataclasses and pickling look modules up there
+            try:
+                spec.loader.exec_module(module)
+            except BaseException:
+                del sys.modules[spec.name]
+                raise
+            main_fn = getattr(module, "main", None)
+            if not callable(main_fn):
+                print(f"{name}: no main(argv) function; not a figures module, skipped", flush=True)
+                outcomes.append((name, "SKIP: no main(argv)"))
+                continue
+            status = main_fn(["--check"] if check else [])
+        except ImportError as exc:
+            print(f"{name}: skipped, an optional dependency is missing: {exc}", flush=True)
+            outcomes.append((name, f"SKIP: {exc}"))
+            continue
+        outcomes.append((name, "PASS" if status == 0 else f"FAIL (status {status})"))
+    return outcomes
 
 
 # -- main ----------------------------------------------------------------------------------------
 
-BENCHMARKS: tuple[Callable[[Sizes, Path], Figure], ...] = (
-    bench_store,
-    bench_render,
-    bench_relay,
-    bench_pool,
-    bench_memory,
-)
+BENCHMARKS: dict[str, Callable[[int, Path], list[Figure]]] = {
+    "take": bench_take,
+    "sessions": bench_sessions,
+    "store": bench_store,
+    "relay": bench_relay,
+    "stall": bench_stall,
+    "render": bench_render,
+    "turn": bench_turn,
+    "memory": bench_memory,
+    "pool": bench_pool,
+}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        description="Speed (as ratios against in-script floors) and memory benchmarks for followups."
-    )
-    parser.add_argument("--quick", action="store_true", help="smaller sizes, for a smoke run")
+    parser = argparse.ArgumentParser(description="followups benchmarks: ratios against in-script floors.")
     parser.add_argument("--check", action="store_true", help="exit with status 1 if a target is missed")
-    parser.add_argument("--memory-child", metavar="TMPDIR", help=argparse.SUPPRESS)
-    parser.add_argument("--memory-tasks", type=int, default=FULL.memory_tasks, help=argparse.SUPPRESS)
+    parser.add_argument("--rounds", type=int, default=5, help="timed rounds per figure (default 5)")
+    parser.add_argument("--only", help="comma-separated figures to run (skips the *_figures modules)")
+    parser.add_argument("--child", nargs="+", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    if args.memory_child:
-        memory_child(args.memory_child, args.memory_tasks)
+    if args.child:
+        kind, *rest = args.child
+        if kind == "sessions":
+            sessions_child(rest[0], rest[1])
+        elif kind == "memory":
+            memory_child(rest[0], int(rest[1]))
+        else:
+            parser.error(f"unknown child {kind!r}")
         return 0
+    if args.rounds < 1:
+        parser.error("--rounds must be at least 1")
+    chosen = list(BENCHMARKS) if args.only is None else [name.strip() for name in args.only.split(",")]
+    unknown = [name for name in chosen if name not in BENCHMARKS]
+    if unknown:
+        parser.error(f"unknown figures {', '.join(unknown)}; the figures are {', '.join(BENCHMARKS)}")
 
-    sizes = QUICK if args.quick else FULL
-    print(
-        f"followups benchmarks ({'quick' if args.quick else 'full'}): median of {sizes.rounds} "
-        f"interleaved rounds after 1 warm-up; ratio = subject/floor unless noted"
-    )
+    print(f"followups benchmarks: median and min-max of {args.rounds} interleaved rounds after a warm-up")
+    print(machine_description(), flush=True)
+    print_row(HEADER)
     figures: list[Figure] = []
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="followups-bench-") as workdir:
-        for benchmark in BENCHMARKS:
-            figure = benchmark(sizes, Path(workdir))
-            figures.append(figure)
-            print(figure.line(), flush=True)
-    print(machine_description())
+        for name in chosen:
+            for figure in BENCHMARKS[name](args.rounds, Path(workdir)):
+                figures.append(figure)
+                print_row(figure.row())
     print(f"total {time.perf_counter() - started:.1f} s")
     missed = [figure.name for figure in figures if figure.passed is False]
-    return 1 if args.check and missed else 0
+    if missed:
+        print(f"missed: {', '.join(missed)}")
+    module_failures: list[str] = []
+    if args.only is None:
+        for module, verdict in run_figure_modules(args.check):
+            print(f"{module}: {verdict}")
+            if verdict.startswith("FAIL"):
+                module_failures.append(module)
+    if not args.check:
+        return 0
+    return 1 if missed or module_failures else 0
 
 
 if __name__ == "__main__":

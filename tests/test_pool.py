@@ -695,3 +695,79 @@ def _returns(text: str) -> Any:
 async def _forever() -> str:
     await trio.sleep_forever()
     return "never"
+
+
+# -- a queue of subagents: each admitted run runs next in the task that freed its slot ----------
+
+
+async def test_queued_subagents_keep_the_cap_and_each_knows_its_own_task(tmp_path: Path) -> None:
+    from followups import current_task
+
+    store = make_store(tmp_path, capacity=64, max_concurrent=3)
+    running = peak = 0
+    seen: dict[str, str] = {}
+
+    async def subagent(label: str) -> str:
+        nonlocal running, peak
+        running += 1
+        peak = max(peak, running)
+        await trio.lowlevel.checkpoint()
+        context = current_task()
+        assert context is not None
+        seen[label] = context.task_id
+        running -= 1
+        return label
+
+    async with SubagentPool(store, when_full="queue", close="wait") as pool:
+        ids = {pool.spawn(subagent, f"job-{i}"): f"job-{i}" for i in range(40)}
+    assert peak == 3
+    assert {label: id for id, label in ids.items()} == seen
+    assert all(state_of(store, id) == TaskState.completed(label) for id, label in ids.items())
+
+
+async def test_other_tasks_run_between_queued_subagents_that_never_yield(tmp_path: Path) -> None:
+    store = make_store(tmp_path, capacity=256, max_concurrent=1)
+    finished = 0
+    turns_meanwhile = 0
+
+    async def never_yields() -> str:
+        nonlocal finished
+        finished += 1
+        return "ok"
+
+    async def ticker() -> None:
+        nonlocal turns_meanwhile
+        while finished < 200:
+            await trio.lowlevel.checkpoint()
+            if finished:
+                turns_meanwhile += 1
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(ticker)
+        async with SubagentPool(store, when_full="queue", close="wait") as pool:
+            for _ in range(200):
+                pool.spawn(never_yields)
+    # one subagent after another in the same task, with the loop's other tasks in between
+    assert turns_meanwhile >= 100
+    assert store.pending_count() == 200
+
+
+async def test_cancelling_the_pool_while_a_queue_drains_reports_every_subagent(tmp_path: Path) -> None:
+    store = make_store(tmp_path, capacity=256, max_concurrent=2)
+    started = 0
+
+    async def slowish() -> str:
+        nonlocal started
+        started += 1
+        await trio.sleep(0)
+        await trio.sleep(0)
+        return "done"
+
+    async with SubagentPool(store, when_full="queue") as pool:  # close="cancel"
+        ids = [pool.spawn(slowish) for _ in range(50)]
+        while started < 10:
+            await trio.sleep(0)
+    states = [state_of(store, id).status for id in ids]
+    assert all(status in (TaskStatus.COMPLETED, TaskStatus.CANCELLED) for status in states)
+    assert TaskStatus.COMPLETED in states and TaskStatus.CANCELLED in states
+    assert store.live_count() == 0

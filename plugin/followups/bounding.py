@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 from .relay import OutputRelay
 from .state import TaskState, TaskStatus
-from .truncation import head_cap
+from .truncation import head_cap, let_others_run
 
 __all__ = ["Bounded", "OutputBounds", "report_digest"]
 
@@ -19,13 +19,28 @@ _FAILED = TaskStatus.FAILED
 HEAVY_TEXT_CHARS = 64 * 1024
 
 
+# A long text is encoded for its digest this many characters at a time: each encode holds
+# the GIL, the hash of each piece releases it, and the CPU is offered to other threads between
+# pieces, so an event loop in another thread keeps running.
+_DIGEST_CHUNK_CHARS = 1 << 18
+
+
 def report_digest(state: TaskState) -> str:
     """A stable digest of a state as it was reported (blake2b of status and text): equal in
-    every process for equal states, so a repeated report is recognised as a duplicate."""
+    every process for equal states, so a repeated report is recognised as a duplicate.
+
+    Thread-safe and pure. A long text is hashed in pieces of the same UTF-8 bytes, so the
+    digest is the same as of the whole encoding and no single step holds the GIL for long."""
     digest = hashlib.blake2b(digest_size=16)
     digest.update(state.status.value.encode())
     digest.update(b"\0")
-    digest.update(state.text.encode("utf-8", "surrogatepass"))
+    text = state.text
+    if len(text) <= _DIGEST_CHUNK_CHARS:
+        digest.update(text.encode("utf-8", "surrogatepass"))
+    else:
+        for start in range(0, len(text), _DIGEST_CHUNK_CHARS):
+            digest.update(text[start : start + _DIGEST_CHUNK_CHARS].encode("utf-8", "surrogatepass"))
+            let_others_run()
     return digest.hexdigest()
 
 

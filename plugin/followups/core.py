@@ -75,6 +75,8 @@ class StoreCore:
         self.owns_backend = False
         self._closed = False
         self._background: concurrent.futures.ThreadPoolExecutor | None = None
+        # a backend's optional fast path for the current run of a task id (see Session.notify)
+        self.current_ref: Callable[[str, str], RunRef | None] | None = getattr(backend, "current_ref", None)
         self.epoch = backend.connect(self, now=clock())
         self._stop_referencing = self.relay.add_referenced_paths(backend.referenced_relay_paths)
 
@@ -181,12 +183,11 @@ class StoreCore:
         """:meth:`report` from async code. A result that is relayed, long, or reported to a
         blocking backend is handled in a worker thread, so the event loop never waits for the
         write. Shielded: a cancellation waits for the report, so it is never lost."""
+        if not self.backend.blocking and not self.bounds.is_heavy(state):
+            return self.report(ref, state)  # inline, with no checkpoint to shield
         applied = False
         with anyio.CancelScope(shield=True):
-            if self.backend.blocking or self.bounds.is_heavy(state):
-                applied = await anyio.to_thread.run_sync(self.report, ref, state)
-            else:
-                applied = self.report(ref, state)
+            applied = await anyio.to_thread.run_sync(self.report, ref, state)
         return applied
 
     # -- reads --------------------------------------------------------------------------------

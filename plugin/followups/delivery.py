@@ -178,7 +178,7 @@ def take_followup(session: Session, renderer: ReminderRenderer | None = None) ->
     return _deliver(
         session,
         lambda batch, more: render.fit_followup(batch, budget, more=more),
-        max_chars=budget,
+        max_chars=max(budget - followup_frame_chars(render), 0),
         item_overhead=followup_item_overhead(render),
     )
 
@@ -191,7 +191,7 @@ def take_prompt_reminder(session: Session, prompt: str, renderer: ReminderRender
     return _deliver(
         session,
         lambda batch, more: render.fit_prompt(batch, prompt, budget, more=more),
-        max_chars=budget,
+        max_chars=max(budget - prompt_frame_chars(render), 0),
         item_overhead=prompt_item_overhead(render),
     )
 
@@ -270,3 +270,25 @@ def settle_from_history(
             if lease.id not in present and lease.id not in in_flight:
                 given_back += session.settle(lease.id, delivered=False)
     return confirmed, given_back
+
+
+# Stands for any count of notifications still to come when the frame is measured.
+_MANY_REMAINING = 10**9
+
+
+@functools.lru_cache(maxsize=64)
+def followup_frame_chars(renderer: ReminderRenderer) -> int:
+    """What a follow-up reminder takes of the budget beyond its notifications' weights: the
+    frame and the "still to come" line (with a ten-digit count), measured once per renderer.
+    The lease leaves this room, so what it takes fits in one render: without it, a backlog
+    of short results filled the budget and every reminder was rendered again a dozen times
+    to find the prefix that fits."""
+    one = [TaskNotification("", TaskState.completed(""))]
+    return max(0, len(renderer.render_followup(one, remaining=_MANY_REMAINING)) - followup_item_overhead(renderer))
+
+
+@functools.lru_cache(maxsize=64)
+def prompt_frame_chars(renderer: ReminderRenderer) -> int:
+    """:func:`followup_frame_chars` for the prepended form (the prompt does not count)."""
+    one = [TaskNotification("", TaskState.completed(""))]
+    return max(0, len(renderer.render_prompt(one, "", remaining=_MANY_REMAINING)) - prompt_item_overhead(renderer))

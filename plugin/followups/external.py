@@ -4,7 +4,6 @@ delivering its final state as a notification."""
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import secrets
 from collections.abc import Callable
@@ -127,9 +126,6 @@ def register_external(
             name=spec.name,
             parent=spec.parent,
             close_policy=spec.close_policy,
-        )
-        request = dataclasses.replace(
-            request,
             if_exists="refuse_live" if spec.id is not None else "refuse",
             max_running=settings.max_concurrent if use_slot else None,
         )

@@ -8,23 +8,25 @@ pool holds only what cannot leave this process: each local run's function and ca
 
 from __future__ import annotations
 
-import dataclasses
+import contextvars
 import inspect
 import json
 import secrets
 import threading
+import types
 from collections.abc import Awaitable, Callable
 from types import TracebackType
 from typing import Any, Literal, Self
 
 import anyio
 import anyio.abc
+import anyio.lowlevel
 import sniffio
 from pydantic import BaseModel
 
 from .context import TaskContext, current_task, running_as
 from .errors import CapacityExceeded, PoolClosed, TaskIdInUse
-from .ledger.protocol import AdmissionRefused, CreateRequest, Selection
+from .ledger.protocol import AdmissionRefused, Selection
 from .loops import EventLoopHandle
 from .session import CANCELLED_BY_REQUEST, DEFAULT_CANCEL_REASON, SESSION_CLOSED, Session
 from .state import ClosePolicy, RunRef, TaskState, TaskStatus
@@ -237,9 +239,10 @@ class SubagentPool:
                 name=name,
                 parent=parent,
                 close_policy=close_policy,
+                **self._admission(explicit, use_slot=use_slot, inbox=inbox),
             )
             try:
-                admission = session.create(self._capped(request, explicit, use_slot=use_slot, inbox=inbox))
+                admission = session.create(request)
             except TaskIdInUse:
                 if explicit:
                     raise
@@ -258,16 +261,16 @@ class SubagentPool:
             self._on_loop(lambda: self._launch(run))
         return run.ref.task_id
 
-    def _capped(self, request: CreateRequest, explicit: bool, *, use_slot: bool, inbox: bool) -> CreateRequest:
-        return dataclasses.replace(
-            request,
-            if_exists="refuse_live" if explicit else "refuse",
-            max_running=self.max_concurrent if use_slot else None,
-            max_running_total=self.session.settings.max_concurrent_total if use_slot else None,
-            when_full=self.when_full,
-            max_queued=self.max_queued,
-            has_inbox=inbox,
-        )
+    def _admission(self, explicit: bool, *, use_slot: bool, inbox: bool) -> dict[str, Any]:
+        """The :class:`CreateRequest` fields that make a run of this pool: its cap and queue."""
+        return {
+            "if_exists": "refuse_live" if explicit else "refuse",
+            "max_running": self.max_concurrent if use_slot else None,
+            "max_running_total": self.session.settings.max_concurrent_total if use_slot else None,
+            "when_full": self.when_full,
+            "max_queued": self.max_queued,
+            "has_inbox": inbox,
+        }
 
     def _admitted_meanwhile(self, ref: RunRef) -> bool:
         """A queued run admitted between its creation and its registration here, whose start
@@ -354,20 +357,39 @@ class SubagentPool:
             return
         run.launched = True
         run.scope = anyio.CancelScope()
-        self._task_group.start_soon(self._run, run, name=f"subagent {run.ref.task_id}")
+        hand_off = _handing_off.get()
+        if hand_off is not None and hand_off.pool is self and hand_off.run is None:
+            hand_off.run = run  # admitted by the report of the run that task is finishing
+            return
+        self._task_group.start_soon(self._work, run, name=f"subagent {run.ref.task_id}")
+
+    async def _work(self, run: _LocalRun | None) -> None:
+        """Run ``run``, then each run its report admitted (a queued run taking the freed slot),
+        in this task: a queue of subagents costs one task per slot, not one per subagent."""
+        while run is not None:
+            run = await self._run(run)
+            if run is not None:
+                # let the loop's other tasks run between subagents, without a cancellation
+                # point: the next run meets a cancellation at its own checkpoints, as it would
+                # in a task of its own
+                await anyio.lowlevel.cancel_shielded_checkpoint()
 
     def _drop(self, run: _LocalRun) -> None:
         with self._lock:
             self._runs.pop(run.ref, None)
+            drained = not self._runs
         self.session._core.local_runs.discard(run.ref)
-        self._drained.bump()
+        if drained:  # only the pool's exit waits for this, and only for the last run
+            self._drained.bump()
 
-    async def _run(self, run: _LocalRun) -> None:
+    async def _run(self, run: _LocalRun) -> _LocalRun | None:
+        """Execute and report ``run``; returns the queued run its report admitted, if any, for
+        the caller to run next."""
         core = self.session._core
         try:
             started = await core.call_async(core.backend.start, run.ref, now=core.clock())
             if not started:
-                return
+                return None
             try:
                 state = await self._execute(run)
             except anyio.get_cancelled_exc_class():
@@ -376,7 +398,17 @@ class SubagentPool:
             except BaseException as exc:
                 await core.report_async(run.ref, TaskState.failed(describe_exception(exc)))
                 raise
-            await core.report_async(run.ref, state)
+            hand_off = _HandOff(self)
+            token = _handing_off.set(hand_off)
+            try:
+                await core.report_async(run.ref, state)
+            except BaseException:
+                if hand_off.run is not None:  # it still runs, in a task of its own
+                    self._task_group.start_soon(self._work, hand_off.run)  # type: ignore[union-attr]
+                raise
+            finally:
+                _handing_off.reset(token)
+            return hand_off.run
         finally:
             self._drop(run)
 
@@ -388,11 +420,10 @@ class SubagentPool:
         assert run.scope is not None
         with run.scope, running_as(run.context):
             try:
+                if run.timeout is None:  # no deadline: no cancel scope of its own to pay for
+                    return _final_state(await run.fn(*run.args, **kwargs))
                 with anyio.move_on_after(run.timeout) as deadline:
-                    value = await run.fn(*run.args, **kwargs)
-                    if isinstance(value, TaskState) and value.is_finished:
-                        return value
-                    return TaskState.completed(render_result(value))
+                    return _final_state(await run.fn(*run.args, **kwargs))
             except anyio.get_cancelled_exc_class() as exc:
                 if _cancellation_is_pending():
                     raise
@@ -428,6 +459,29 @@ class SubagentPool:
         return CapacityExceeded(message, limit=self.max_concurrent, in_flight=in_flight)
 
 
+class _HandOff:
+    """Set while a run's task reports it: a run that report admits is handed to that task,
+    which runs it next, instead of getting a task of its own. Only a launch made inside the
+    report (on the same task, in the same context) can see it."""
+
+    __slots__ = ("pool", "run")
+
+    def __init__(self, pool: SubagentPool) -> None:
+        self.pool = pool
+        self.run: _LocalRun | None = None
+
+
+_handing_off: contextvars.ContextVar[_HandOff | None] = contextvars.ContextVar("followups_pool_hand_off", default=None)
+
+
+def _final_state(value: Any) -> TaskState:
+    """A subagent's return value as its final state: a final state as it is, else completed
+    with the value rendered as text."""
+    if isinstance(value, TaskState) and value.is_finished:
+        return value
+    return TaskState.completed(render_result(value))
+
+
 def _cancellation_is_pending() -> bool:
     """True when the current task is being cancelled by a cancel scope (ours or an enclosing
     one), as opposed to a cancellation error that merely passed through it."""
@@ -440,6 +494,12 @@ def _cancellation_is_pending() -> bool:
 
 
 def _accepts_ctx(fn: Callable[..., Any]) -> bool:
+    """Whether ``fn`` takes a ``ctx`` keyword argument. A plain function is read from its code
+    object (a signature costs more than a trivial subagent's whole run); anything else, and a
+    function that carries its signature elsewhere (``functools.wraps``), from its signature."""
+    if type(fn) is types.FunctionType and not hasattr(fn, "__wrapped__") and not hasattr(fn, "__signature__"):
+        code = fn.__code__
+        return "ctx" in code.co_varnames[code.co_posonlyargcount : code.co_argcount + code.co_kwonlyargcount]
     try:
         parameter = inspect.signature(fn).parameters.get("ctx")
     except (TypeError, ValueError):

@@ -47,6 +47,7 @@ from .truncation import (
     count_newlines,
     cut_to_bytes,
     head_cap,
+    let_others_run,
     preview_of_lines,
     replace_surrogates,
     utf8_size,
@@ -67,8 +68,9 @@ _MAX_SWEEP_INTERVAL_SECONDS = 60.0
 _MIN_PREVIEW_BYTES = 256
 _MAX_SYMLINKS = 40
 # Text is encoded, counted and written this many characters at a time: the chunk stays in the
-# CPU cache between the three, which a whole-text encode of a fresh 10 MB output does not.
-_CHUNK_CHARS = 1 << 20
+# CPU cache between the three, which a whole-text encode of a fresh 10 MB output does not, and
+# the CPU is offered to other threads (an event loop) between chunks.
+_CHUNK_CHARS = 1 << 18
 _COPY_BYTES = 1 << 20
 _CUT_MARKER_ROOM = 256  # bytes of a capped file kept for the marker between head and tail
 _SHARED_CACHE_SIZE = 32
@@ -975,6 +977,7 @@ def _write_text(file: _RelayFile, text: str) -> int:
             data = replace_surrogates(chunk).encode("utf-8")
         newlines += count_newlines(data)
         file.write(data)
+        let_others_run()
     return newlines
 
 

@@ -159,6 +159,11 @@ class _TagMatcher:
             char = next(chars, "")
         return (closing, "".join(name)) if name else None
 
+    @staticmethod
+    def may_hold_tag(text: str) -> bool:
+        """False when ``text`` has no character that reads as ``<``, so no tag to defuse."""
+        return "<" in text or (not text.isascii() and ("\ufe64" in text or "\uff1c" in text))
+
     def defuse(self, text: str) -> str:
         """``text`` with the ``<`` of every matching tag replaced by ``&lt;``."""
         if text.isascii():
@@ -205,6 +210,7 @@ class _Sentinels:
         secret = f"{secrets.randbits(96):029d}"
         self.literal_lt = f"\x00{secret}\x00"  # the "<" of a tag written literally in a template
         self.prompt = f"\x00{secret}p\x00"  # the user's prompt, until rendering is done
+        self.either = re.compile(f"{re.escape(self.literal_lt)}|{re.escape(self.prompt)}")
 
 
 class _Environment(jinja2.Environment):
@@ -411,7 +417,7 @@ class ReminderRenderer:
     def _finish(self, rendered: str, *, mark: bool, prompt: str | None = None) -> str:
         """The template's output made safe: every tag it did not write literally defused, its
         literal frame pair kept, the notice added, the prompt put in place."""
-        text = self._tags.defuse(rendered)
+        text = self._defuse_between_sentinels(rendered)
         if self._sentinels.literal_lt in text:
             text = self._restore_literal_tags(text, mark)
         elif mark:
@@ -419,6 +425,28 @@ class ReminderRenderer:
         if prompt is not None:
             text = text.replace(self._sentinels.prompt, prompt)
         return text
+
+    def _defuse_between_sentinels(self, rendered: str) -> str:
+        """``rendered`` with every tag defused, each stretch between two sentinels on its own.
+
+        A sentinel stands for a literal ``<`` or for the prompt, so it ends whatever tag the
+        text before it spells: read as text, its NUL and digits would continue a tag name, and
+        ``<system-reminder`` from a task (``&lt;`` unescaped by ``striptags``, say) right before
+        a literal ``</system-reminder>`` would escape defusing and open a second block."""
+        sentinels = self._sentinels
+        defuse = self._tags.defuse
+        if not self._tags.may_hold_tag(rendered):
+            return rendered
+        if sentinels.literal_lt not in rendered and sentinels.prompt not in rendered:
+            return defuse(rendered)
+        pieces = []
+        previous = 0
+        for match in sentinels.either.finditer(rendered):
+            pieces.append(defuse(rendered[previous : match.start()]))
+            pieces.append(match.group())
+            previous = match.end()
+        pieces.append(defuse(rendered[previous:]))
+        return "".join(pieces)
 
     def _restore_literal_tags(self, text: str, mark: bool) -> str:
         """Put back the ``<`` of the template's literal tags, except frame tags past the first

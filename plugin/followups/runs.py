@@ -46,6 +46,8 @@ class LocalRuns:
             return previous
 
     def discard(self, ref: RunRef) -> None:
+        if ref not in self._handlers:  # most reports come from runs never registered here
+            return
         with self._lock:
             self._handlers.pop(ref, None)
 

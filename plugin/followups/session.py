@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import builtins
 
-import dataclasses
 import math
 
 from collections.abc import Collection, Sequence
@@ -22,12 +21,13 @@ from typing import Any
 import anyio
 import anyio.lowlevel
 
-from .core import StoreCore
+from .core import StoreCore, unavailable
 from .errors import NameInUse
 from .events import Subscription
 from .external import ExternalTask, TaskSpec, register_external
 from .ledger.protocol import (
     Admission,
+    BackendUnavailable,
     CancelReport,
     CreateRequest,
     Lease,
@@ -154,9 +154,9 @@ class Session:
         and :class:`~followups.PendingLimitReached` past ``settings.max_pending``.
         """
         request = self._request(
-            id, description=description, kind=kind, name=name, parent=parent, close_policy=close_policy
+            id, description=description, kind=kind, name=name, parent=parent, close_policy=close_policy, queued=queued
         )
-        return self.create(dataclasses.replace(request, queued=queued)).ref
+        return self.create(request).ref
 
     def create(self, request: CreateRequest) -> Admission:
         """Create a run from a validated request (the pool and external tasks use this)."""
@@ -172,13 +172,18 @@ class Session:
         name: str | None,
         parent: str | None,
         close_policy: ClosePolicy,
+        **admission: Any,
     ) -> CreateRequest:
-        settings = self._core.settings
+        """A validated request for a run of ``task_id`` in this session; ``admission`` sets the
+        remaining :class:`CreateRequest` fields (``if_exists``, ``max_running``, ``queued``...),
+        so the request is built once."""
+        core = self._core
+        settings = core.settings
         return CreateRequest(
             session=self.id,
             task_id=check_task_id(task_id),
-            epoch=self._core.epoch,
-            now=self._core.clock(),
+            epoch=core.epoch,
+            now=core.clock(),
             capacity=settings.capacity,
             max_pending=settings.max_pending,
             description=check_text(description, "description"),
@@ -186,6 +191,7 @@ class Session:
             name=check_name(name),
             parent=None if parent is None else check_task_id(parent, "parent"),
             close_policy=check_close_policy(close_policy),
+            **admission,
         )
 
     def notify(self, id: str | RunRef, state: TaskState) -> bool:
@@ -511,7 +517,14 @@ class Session:
     def _ref(self, id: str | RunRef) -> RunRef | None:
         if isinstance(id, RunRef):
             return id
-        task = self._core.call(self._core.backend.get, self.id, id)
+        core = self._core
+        current_ref = core.current_ref
+        if current_ref is not None:  # a backend's fast path: the ref without a snapshot
+            try:
+                return current_ref(self.id, id)
+            except BackendUnavailable as exc:
+                raise unavailable(exc) from exc
+        task = core.call(core.backend.get, self.id, id)
         if task is None or task.id != id:
             return None
         return task.ref

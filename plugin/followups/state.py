@@ -164,6 +164,11 @@ class RunRef:
     task_id: str
     generation: int
 
+    def __hash__(self) -> int:
+        # Equal refs have equal generations; refs are dict keys on every operation of a run, and
+        # hashing the generation alone spares a tuple and two string hashes each time.
+        return hash(self.generation)
+
     def __str__(self) -> str:
         return f"{self.task_id}#{self.generation}"
 

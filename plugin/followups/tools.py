@@ -176,8 +176,10 @@ def task_tools(
         session = pool.session
     capacity = session.settings.capacity
 
+    pass_ctx = _accepts_ctx(run_subagent)
+
     def spawn(request: TaskRequest) -> str:
-        if _accepts_ctx(run_subagent):
+        if pass_ctx:
             async def subagent(ctx: Any) -> Any:
                 return await run_subagent(request, ctx=ctx)
 

@@ -11,8 +11,9 @@ decoding leaves in a ``str``) counts as, and is written as, U+FFFD REPLACEMENT C
 
 from __future__ import annotations
 
+import os
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 __all__ = [
@@ -22,6 +23,7 @@ __all__ = [
     "count_newlines",
     "cut_to_bytes",
     "head_cap",
+    "let_others_run",
     "preview_of_lines",
     "replace_surrogates",
     "utf8_size",
@@ -33,6 +35,14 @@ _SURROGATE = re.compile("[\ud800-\udfff]")
 # Below this many bytes a line, ``bytes.count`` beats the memchr-driven ``bytes.replace``.
 _DENSE_LINE_BYTES = 20
 _DENSITY_SAMPLE_BYTES = 4096
+
+
+let_others_run: Callable[[], None] = getattr(os, "sched_yield", lambda: None)
+"""Offer the CPU to other runnable threads (``sched_yield`` where the OS has it, else nothing).
+
+Called between the chunks of a long encode, count or hash in a worker thread: on a machine with
+busy cores, the event loop's thread gets its turn at once instead of after a scheduler time
+slice of several milliseconds."""
 
 
 def replace_surrogates(text: str) -> str:
@@ -225,13 +235,6 @@ def _render_line(line: _Line, cap: int) -> str:
     return kept + _cut_marker(line.chars - len(kept))
 
 
-def _line_cost(line: _Line, cap: int) -> int:
-    """An upper bound on the bytes ``_render_line(line, cap)`` produces."""
-    if line.encoded_bytes <= cap and len(line.text) == line.chars:
-        return line.encoded_bytes
-    return cap + len(_cut_marker(line.chars))
-
-
 def _fit_lines(head: list[_Line], tail: list[_Line], elided: int, max_bytes: int) -> str | None:
     lines = head + tail
     marker_bytes = len(_elision_marker(elided)) if elided else 0
@@ -240,15 +243,25 @@ def _fit_lines(head: list[_Line], tail: list[_Line], elided: int, max_bytes: int
     if budget < 0:
         return None
     widest = max((line.encoded_bytes for line in lines), default=0)
-    if sum(_line_cost(line, widest) for line in lines) <= budget:
+    # An upper bound on what _render_line makes of each line at a cap: a whole line costs its
+    # bytes up to the cap; past it, or when already cut, the cap and its marker. Kept as pairs,
+    # so each cap tried costs one pass and no call per line.
+    costs = [
+        (line.encoded_bytes if len(line.text) == line.chars else -1, len(_cut_marker(line.chars))) for line in lines
+    ]
+
+    def cost(cap: int) -> int:
+        return sum(size if 0 <= size <= cap else cap + marker for size, marker in costs)
+
+    if cost(widest) <= budget:
         cap = widest
-    elif sum(_line_cost(line, _MIN_LINE_BYTES) for line in lines) > budget:
+    elif cost(_MIN_LINE_BYTES) > budget:
         return None
     else:
         low, high = _MIN_LINE_BYTES, widest
         while low < high:
             middle = (low + high + 1) // 2
-            if sum(_line_cost(line, middle) for line in lines) <= budget:
+            if cost(middle) <= budget:
                 low = middle
             else:
                 high = middle - 1

@@ -4,6 +4,7 @@ so the next boundary delivers it; never both, never lost."""
 from __future__ import annotations
 
 import threading
+from collections.abc import Sequence
 
 import pytest
 
@@ -12,6 +13,8 @@ from followups import (
     BackgroundStore,
     FollowupSettings,
     ReminderDelivery,
+    ReminderRenderer,
+    TaskNotification,
     TaskState,
     take_followup,
 )
@@ -142,3 +145,40 @@ def test_racing_confirm_and_give_back_settle_exactly_once(store: BackgroundStore
         outcomes.add(restored)
         store.drain_notifications()
     assert outcomes <= {0, 1}
+
+
+class CountingRenderer(ReminderRenderer):
+    """The default templates, counting follow-up renders."""
+
+    renders = 0
+
+    def render_followup(self, notifications: Sequence[TaskNotification], *, remaining: int = 0) -> str:
+        self.renders += 1
+        return super().render_followup(notifications, remaining=remaining)
+
+
+def test_a_backlog_of_short_results_is_delivered_one_render_a_reminder(
+    make_store: StoreFactory, relay_dir: object
+) -> None:
+    # Short results fill the budget by their count: the lease leaves room for the frame and the
+    # "still to come" line, so what it takes fits at once, with nothing rendered twice and
+    # nothing given back.
+    budget = 2_000
+    store = make_store(FollowupSettings(relay_dir=relay_dir, reminder_budget_chars=budget, capacity=64))
+    ids = [f"task-{index:04d}" for index in range(600)]
+    for id in ids:
+        store.insert(id)
+        store.notify(id, TaskState.completed("ok"))
+    renderer = CountingRenderer()
+    take_followup(store, renderer).give_back()  # the renderer's overheads are measured once, here
+    before = renderer.renders
+    delivered: list[str] = []
+    reminders = 0
+    while (delivery := take_followup(store, renderer)) is not None:
+        assert len(delivery.text) <= budget
+        assert len(delivery.task_ids) > 40 or delivery.task_ids[-1] == ids[-1]  # the budget is filled
+        delivered.extend(delivery.task_ids)
+        reminders += 1
+        delivery.confirm()
+    assert delivered == ids
+    assert renderer.renders - before == reminders

@@ -37,7 +37,7 @@ from __future__ import annotations
 import contextlib
 import json
 import re
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import replace
 from typing import Any, cast
 
@@ -161,7 +161,8 @@ class ClaudeFollowups:
         resumes = 0
         # Over receive_messages, closed here: the SDK's receive_response leaves its inner
         # generator to the garbage collector when it stops at a ResultMessage.
-        async with contextlib.aclosing(client.receive_messages()) as messages:
+        received = cast(AsyncGenerator[Message, None], client.receive_messages())
+        async with contextlib.aclosing(received) as messages:
             async for message in messages:
                 yield message
                 if not isinstance(message, ResultMessage):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import builtins
 
+import dataclasses
 import itertools
 import logging
 import threading
@@ -96,6 +97,18 @@ def _notification(
     return notification
 
 
+# BackgroundTask likewise, for every read: its fields' setters, in field order.
+_TASK_SETTERS = tuple(vars(BackgroundTask)[field.name].__set__ for field in dataclasses.fields(BackgroundTask))
+
+
+def _snapshot(values: tuple[Any, ...]) -> BackgroundTask:
+    """A :class:`BackgroundTask` of ``values``, one per field in field order."""
+    task = _new(BackgroundTask)
+    for set_field, value in zip(_TASK_SETTERS, values, strict=True):
+        set_field(task, value)
+    return task
+
+
 class _Run:
     """One run of a task, while it owns its task's record."""
 
@@ -125,11 +138,13 @@ class _Run:
         "session",
         "started_at",
         "state",
+        "task_id",
         "version",
     )
 
     def __init__(self, ref: RunRef, request: CreateRequest, state: TaskState) -> None:
         self.ref = ref
+        self.task_id = ref.task_id  # a run keeps its ref, so its task id, for life
         self.session = request.session
         self.state = state
         self.description = request.description
@@ -153,12 +168,8 @@ class _Run:
         self.version = 0
         self.questions = 0
         self.pending_entries = 0
-        self.inbox: builtins.list[str] = []
+        self.inbox: builtins.list[str] | None = None  # made by the first message
         self.inbox_closed = False
-
-    @property
-    def task_id(self) -> str:
-        return self.ref.task_id
 
     @property
     def live(self) -> bool:
@@ -240,7 +251,9 @@ class _Session:
         self.finished: dict[str, None] = {}  # by finish: the eviction order
         self.names: dict[str, str] = {}  # live task name -> task id
         self.children: dict[str, set[str]] = {}  # parent task id -> child task ids
-        self.queue: deque[_Run] = deque()  # capped runs waiting for a slot (stale ones skipped)
+        # capped runs waiting for a slot (stale ones skipped); made by the first one, as most
+        # sessions never queue and an empty deque costs more than the rest of a session
+        self.queue: deque[_Run] | None = None
         self.running = 0
         self.queued = 0
         self.capped_running = 0
@@ -249,6 +262,11 @@ class _Session:
         self.pending: dict[Any, _Entry] = {}  # in finish order
         self.available = 0
         self.cleared_through = 0
+
+    def enqueue(self, run: _Run) -> None:
+        if self.queue is None:
+            self.queue = deque()
+        self.queue.append(run)
 
 
 _EMPTY_SESSION = _Session("")
@@ -274,6 +292,7 @@ class MemoryBackend:
         self._next_expiry = float("inf")
         self._total_cap: int | None = None
         self._listeners: dict[str, LedgerListener] = {}
+        self._listening: tuple[LedgerListener, ...] = ()  # their snapshot, for every operation
         self._epochs = itertools.count(1)
 
     # -- connection ---------------------------------------------------------------------------
@@ -282,18 +301,21 @@ class MemoryBackend:
         with self._lock:
             epoch = f"memory-{next(self._epochs)}"
             self._listeners[epoch] = listener
+            self._listening = tuple(self._listeners.values())
         return epoch
 
     def disconnect(self, epoch: str) -> None:
         with self._lock:
             self._listeners.pop(epoch, None)
+            self._listening = tuple(self._listeners.values())
 
     def close(self) -> None:
         with self._lock:
             self._listeners.clear()
+            self._listening = ()
 
     def _wants_events(self) -> bool:
-        for listener in self._listeners.values():
+        for listener in self._listening:
             if listener.wants_events:
                 return True
         return False
@@ -301,7 +323,7 @@ class MemoryBackend:
     def _dispatch(self, effects: builtins.list[Effect]) -> None:
         if not effects:
             return
-        for listener in list(self._listeners.values()):
+        for listener in self._listening:
             try:
                 listener.apply(effects)
             except Exception:
@@ -368,7 +390,7 @@ class MemoryBackend:
                 session.queued += 1
                 if run.capped:
                     session.capped_queued += 1
-                    session.queue.append(run)
+                    session.enqueue(run)
             else:
                 session.running += 1
                 if run.capped:
@@ -472,7 +494,7 @@ class MemoryBackend:
                 _uncount(entry)
             state.pending.clear()
             state.available = 0
-            state.queue.clear()
+            state.queue = None
             state.cleared_through = self._sequence
             effects.append(state.changed)
         self._dispatch(effects)
@@ -538,6 +560,8 @@ class MemoryBackend:
                 raise NoInbox(target)
             if run.inbox_closed:
                 raise InboxClosed(target)
+            if run.inbox is None:
+                run.inbox = []
             if len(run.inbox) >= max_messages:
                 raise InboxFull(target, limit=max_messages)
             run.inbox.append(message)
@@ -550,7 +574,7 @@ class MemoryBackend:
             run = self._runs.get(ref)
             if run is None or not run.inbox:
                 return []
-            messages, run.inbox = run.inbox, []
+            messages, run.inbox = run.inbox, None
             return messages
 
     def close_inbox(self, ref: RunRef) -> None:
@@ -759,6 +783,17 @@ class MemoryBackend:
             run = None if state is None else self._resolve(state, key)
             return None if run is None else self._task(run)
 
+    def current_ref(self, session: str, task_id: str) -> RunRef | None:
+        """The ref of the run that owns the record with id ``task_id`` (never a name), or None.
+
+        Not part of :class:`~followups.ledger.LedgerBackend`: an optional fast path that
+        :class:`~followups.Session` uses when a backend has it (``notify`` by task id), instead
+        of building a whole :meth:`get` snapshot. Thread-safe."""
+        with self._lock:
+            state = self._sessions.get(session)
+            run = None if state is None else state.records.get(task_id)
+            return None if run is None else run.ref
+
     def get_run(self, ref: RunRef) -> BackgroundTask | None:
         with self._lock:
             run = self._runs.get(ref)
@@ -877,24 +912,28 @@ class MemoryBackend:
 
     def _task(self, run: _Run) -> BackgroundTask:
         ref = run.ref
-        return BackgroundTask(
-            id=ref.task_id,
-            state=run.state,
-            description=run.description,
-            session=run.session,
-            kind=run.kind,
-            name=run.name,
-            parent=run.parent,
-            generation=ref.generation,
-            created_at=run.created_at,
-            started_at=run.started_at,
-            finished_at=run.finished_at,
-            progress=run.progress,
-            progress_at=run.progress_at,
-            cancel_requested_by=run.cancel_by,
-            close_policy=run.close_policy,
-            relay_path=run.relay_path,
-            origin_session=None if ref.session == run.session else ref.session,
+        return _snapshot(
+            (
+                ref.task_id,
+                run.state,
+                run.description,
+                run.session,
+                run.kind,
+                run.name,
+                run.parent,
+                ref.generation,
+                run.created_at,
+                run.started_at,
+                run.finished_at,
+                run.progress,
+                run.progress_at,
+                run.cancel_by,
+                run.close_policy,
+                None,  # persistence_error: the store's to add
+                False,  # stalled: the store's to decide
+                run.relay_path,
+                None if ref.session == run.session else ref.session,
+            )
         )
 
     def _key(self, entry: _Entry) -> Any:
@@ -981,8 +1020,9 @@ class MemoryBackend:
                     return
 
     def _admit_from(self, session: _Session, effects: builtins.list[Effect]) -> bool:
-        while session.queue:
-            run = session.queue.popleft()
+        queue = session.queue
+        while queue:
+            run = queue.popleft()
             if run.state.status is not _QUEUED or session.records.get(run.task_id) is not run:
                 continue
             run.state = _RUNNING_STATE
@@ -998,7 +1038,10 @@ class MemoryBackend:
         return sum(session.capped_running for session in self._sessions.values())
 
     def _cascade(self, session: _Session, parent: _Run, effects: builtins.list[Effect], now: float) -> None:
-        for child_id in sorted(session.children.get(parent.task_id, ())):
+        children = session.children.get(parent.task_id)
+        if not children:
+            return
+        for child_id in sorted(children):
             child = session.records.get(child_id)
             if child is not None and child.live and child.close_policy == "cancel" and child.parent == parent.task_id:
                 self._cancel_run(session, child, "parent_finished", f"cancelled: its parent task {parent.task_id!r} finished", now, effects)
@@ -1127,7 +1170,7 @@ class MemoryBackend:
             if run.capped:
                 source.capped_queued -= 1
                 target.capped_queued += 1
-                target.queue.append(run)
+                target.enqueue(run)
         else:
             source.running -= 1
             target.running += 1
