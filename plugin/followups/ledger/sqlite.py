@@ -1,0 +1,1053 @@
+"""``SqliteBackend``: the ledger in a SQLite database file, durable across crashes and shared by
+the processes of one host (see :mod:`followups.ledger.protocol` for the contract).
+
+**How.** The backend keeps a mirror of the database in the objects of :class:`MemoryBackend`
+and runs the reference backend's logic on it, so both backends share one meaning. Every
+operation is one ``BEGIN IMMEDIATE`` transaction: it first reloads the mirror if another
+connection committed since (``PRAGMA data_version``), then runs, then writes the rows it changed
+and commits. A commit that fails (disk full, database locked past ``sqlite_busy_timeout_seconds``,
+I/O error) is rolled back, the mirror is reloaded at the next operation, and the operation raises
+:class:`BackendUnavailable`; shared code keeps a report it could not commit and retries it.
+
+**Durability.** WAL mode with ``synchronous=NORMAL`` (``durability="normal"``) survives the
+crash of a process (kill -9): every committed operation is kept. ``durability="full"`` sets
+``synchronous=FULL``: a committed operation also survives a power loss or an operating-system
+crash.
+
+**Processes.** Each store that connects writes an *epoch* and holds an exclusive ``flock`` on
+a per-epoch lock file next to the database for as long as it is connected. Recovery (on
+connect, and :meth:`recover`) finishes as failed "orphaned" the live runs of every epoch whose
+lock can be taken, which is only possible once its process stopped (or its store closed): a
+live process is never orphaned by another. A watcher thread polls ``PRAGMA data_version`` every
+``poll_interval`` seconds and turns other processes' commits into effects for this process's
+listeners (wake-ups, cancels, starts, inbox reads, lifecycle events); backends of this process
+on the same file are nudged at once.
+
+Thread-safety: one connection, guarded by a lock; every method may be called from any thread.
+
+**Blocking.** With ``synchronous=NORMAL`` an operation is a short local transaction (tens of
+microseconds; ``benchmarks/sqlite_figures.py`` measures it), so async code calls it inline
+(``blocking = False``). With ``FULL`` each commit waits for an fsync, and ``blocking`` is True:
+async code runs operations in a worker thread.
+"""
+
+from __future__ import annotations
+
+import builtins
+
+import fcntl
+import json
+import logging
+import os
+import socket
+import sqlite3
+import threading
+import time
+import weakref
+from collections.abc import Iterable
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+from ..state import RunRef, TaskFinished, TaskNotification, TaskRegistered, TaskState, TaskStatus
+from .memory import MemoryBackend, _Entry, _Lease, _notification, _Run, _Session
+from .protocol import BackendUnavailable, Effect, LedgerListener, RunAction, SessionChanged
+
+__all__ = ["SCHEMA_VERSION", "SqliteBackend", "default_store_path", "sqlite_path"]
+
+logger = logging.getLogger("followups.ledger.sqlite")
+
+SCHEMA_VERSION = 1
+"""The version of the database layout this module writes; older files are migrated on open."""
+
+_LIVE = frozenset({TaskStatus.QUEUED, TaskStatus.RUNNING})
+_HEARTBEAT_SECONDS = 5.0
+_DEFAULT_POLL_SECONDS = 0.05
+
+_SCHEMA_V1 = """
+CREATE TABLE meta (
+    id INTEGER PRIMARY KEY CHECK (id = 1),
+    generation INTEGER NOT NULL,
+    sequence INTEGER NOT NULL,
+    ord INTEGER NOT NULL,
+    total_cap INTEGER
+);
+INSERT INTO meta VALUES (1, 0, 0, 0, NULL);
+CREATE TABLE sessions (
+    ord INTEGER PRIMARY KEY AUTOINCREMENT,
+    name TEXT NOT NULL UNIQUE,
+    cap INTEGER,
+    cleared_through INTEGER NOT NULL
+);
+CREATE TABLE runs (
+    generation INTEGER PRIMARY KEY,
+    origin TEXT NOT NULL,
+    task_id TEXT NOT NULL,
+    session TEXT NOT NULL,
+    status TEXT NOT NULL,
+    text TEXT NOT NULL,
+    description TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    name TEXT,
+    parent TEXT,
+    close_policy TEXT NOT NULL,
+    epoch TEXT NOT NULL,
+    capped INTEGER NOT NULL,
+    has_inbox INTEGER NOT NULL,
+    created_at REAL NOT NULL,
+    started_at REAL,
+    finished_at REAL,
+    progress TEXT,
+    progress_at REAL,
+    cancel_by TEXT,
+    cancel_reason TEXT NOT NULL,
+    sealed INTEGER NOT NULL,
+    digest TEXT,
+    relay_path TEXT,
+    version INTEGER NOT NULL,
+    questions INTEGER NOT NULL,
+    inbox TEXT NOT NULL,
+    inbox_closed INTEGER NOT NULL,
+    live_order INTEGER NOT NULL,
+    finish_order INTEGER NOT NULL
+);
+CREATE UNIQUE INDEX runs_task ON runs (session, task_id);
+CREATE UNIQUE INDEX runs_live_name ON runs (session, name)
+    WHERE name IS NOT NULL AND status IN ('queued', 'running');
+CREATE INDEX runs_epoch ON runs (epoch) WHERE status IN ('queued', 'running');
+CREATE TABLE entries (
+    session TEXT NOT NULL,
+    generation INTEGER NOT NULL,
+    slot INTEGER NOT NULL,
+    task_id TEXT NOT NULL,
+    status TEXT NOT NULL,
+    text TEXT NOT NULL,
+    sequence INTEGER NOT NULL,
+    notification_id TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    version INTEGER NOT NULL,
+    lease_id TEXT,
+    relay_path TEXT,
+    PRIMARY KEY (session, generation, slot)
+);
+CREATE TABLE leases (
+    id TEXT PRIMARY KEY,
+    expires_at REAL NOT NULL,
+    epoch TEXT NOT NULL,
+    expired INTEGER NOT NULL,
+    entries TEXT NOT NULL
+);
+CREATE TABLE epochs (
+    id TEXT PRIMARY KEY,
+    pid INTEGER NOT NULL,
+    host TEXT NOT NULL,
+    started_at REAL NOT NULL,
+    last_seen REAL NOT NULL
+);
+"""
+
+_MIGRATIONS: dict[int, str] = {1: _SCHEMA_V1}
+"""``_MIGRATIONS[n]`` takes a database from version ``n - 1`` to ``n`` (0 is an empty file)."""
+
+_RUN_COLUMNS = (
+    "generation, origin, task_id, session, status, text, description, kind, name, parent, close_policy, epoch, "
+    "capped, has_inbox, created_at, started_at, finished_at, progress, progress_at, cancel_by, cancel_reason, "
+    "sealed, digest, relay_path, version, questions, inbox, inbox_closed, live_order, finish_order"
+)
+_UPSERT_RUN = (
+    f"INSERT INTO runs ({_RUN_COLUMNS}) VALUES ({', '.join('?' * 30)}) ON CONFLICT (generation) DO UPDATE SET "
+    + ", ".join(f"{c} = excluded.{c}" for c in _RUN_COLUMNS.split(", ")[1:])
+)
+_UPSERT_ENTRY = (
+    "INSERT OR REPLACE INTO entries (session, generation, slot, task_id, status, text, sequence, notification_id, "
+    "kind, version, lease_id, relay_path) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+)
+_UPSERT_LEASE = "INSERT OR REPLACE INTO leases (id, expires_at, epoch, expired, entries) VALUES (?, ?, ?, ?, ?)"
+
+
+def sqlite_path(url: str) -> Path:
+    """The database file of a ``sqlite:///relative.db`` or ``sqlite:////absolute.db`` URL
+    (SQLAlchemy's convention). Raises ``ValueError`` naming the URL when it has no path."""
+    scheme, sep, rest = url.partition("://")
+    if scheme.lower() != "sqlite" or not sep:
+        raise ValueError(f"store URL {url!r} is not a sqlite:/// URL")
+    if not rest.startswith("/") or rest == "/":
+        raise ValueError(
+            f"store URL {url!r} has no database path; use sqlite:///relative.db or sqlite:////absolute/path.db"
+        )
+    path = rest[1:]
+    if "?" in path or "#" in path:
+        raise ValueError(f"store URL {url!r}: query strings and fragments are not supported")
+    if "\x00" in path:
+        raise ValueError(f"store URL {url!r} contains a NUL character")
+    return Path(path).expanduser().absolute()
+
+
+def default_store_path() -> Path:
+    """The per-user database of a durable store: ``$XDG_STATE_HOME/followups/followups.db``,
+    else ``~/.local/state/followups/followups.db``."""
+    state_home = os.environ.get("XDG_STATE_HOME")
+    base = Path(state_home) if state_home and os.path.isabs(state_home) else Path.home() / ".local" / "state"
+    return base / "followups" / "followups.db"
+
+
+def make_private_dirs(path: Path) -> None:
+    """Create ``path`` and its missing parents as 0700 directories, whatever the umask
+    (directories that already exist are left as they are)."""
+    missing: list[Path] = []
+    current = path
+    while not current.exists():
+        missing.append(current)
+        if current.parent == current:
+            break
+        current = current.parent
+    for directory in reversed(missing):
+        try:
+            os.mkdir(directory, 0o700)
+        except FileExistsError:
+            continue
+        os.chmod(directory, 0o700)
+
+
+def _private_file(path: Path) -> None:
+    """Create ``path`` as an empty 0600 file if it does not exist, whatever the umask."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        if os.fstat(fd).st_size == 0:
+            os.fchmod(fd, 0o600)
+    finally:
+        os.close(fd)
+
+
+# -- change tracking ----------------------------------------------------------------------------
+
+
+class _Tracker:
+    """What the current operation changed: objects whose fields were set, and keys added to or
+    removed from the mirror's dicts. Only touched by the thread holding the backend's lock."""
+
+    __slots__ = ("entries", "leases", "leases_touched", "on", "pending_touched", "runs", "runs_touched", "sessions")
+
+    def __init__(self) -> None:
+        self.on = False
+        self.runs: set[_Run] = set()
+        self.entries: set[_Entry] = set()
+        self.leases: set[_Lease] = set()
+        self.sessions: set[_Session] = set()
+        self.runs_touched: set[RunRef] = set()
+        self.leases_touched: set[str] = set()
+        self.pending_touched: set[tuple[str, Any]] = set()
+
+    def any(self) -> bool:
+        return bool(
+            self.runs or self.entries or self.leases or self.sessions or self.runs_touched
+            or self.leases_touched or self.pending_touched
+        )
+
+    def clear(self) -> None:
+        self.runs.clear()
+        self.entries.clear()
+        self.leases.clear()
+        self.sessions.clear()
+        self.runs_touched.clear()
+        self.leases_touched.clear()
+        self.pending_touched.clear()
+
+
+class _TrackedDict(dict[Any, Any]):
+    """A dict that notes each key set or removed (as ``(tag, key)`` or ``key``) in ``touched``."""
+
+    __slots__ = ("tag", "touched", "tracker")
+
+    def __init__(self, items: Iterable[tuple[Any, Any]], tracker: _Tracker, touched: set[Any], tag: str | None) -> None:
+        super().__init__(items)
+        self.tracker = tracker
+        self.touched = touched
+        self.tag = tag
+
+    def _note(self, key: Any) -> None:
+        if self.tracker.on:
+            self.touched.add(key if self.tag is None else (self.tag, key))
+
+    def __setitem__(self, key: Any, value: Any) -> None:
+        dict.__setitem__(self, key, value)
+        self._note(key)
+
+    def __delitem__(self, key: Any) -> None:
+        dict.__delitem__(self, key)
+        self._note(key)
+
+    def pop(self, key: Any, *default: Any) -> Any:
+        if key in self:
+            self._note(key)
+        return dict.pop(self, key, *default)
+
+    def clear(self) -> None:
+        for key in self:
+            self._note(key)
+        dict.clear(self)
+
+
+class _TrackedList(list[str]):
+    __slots__ = ("owner", "tracker")
+
+    def __init__(self, items: Iterable[str], owner: _Run, tracker: _Tracker) -> None:
+        super().__init__(items)
+        self.owner = owner
+        self.tracker = tracker
+
+    def append(self, item: str) -> None:
+        list.append(self, item)
+        if self.tracker.on:
+            self.tracker.runs.add(self.owner)
+
+
+class _Counter:
+    """``next(counter)``: the next value of a persisted counter."""
+
+    __slots__ = ("value",)
+
+    def __init__(self, value: int = 0) -> None:
+        self.value = value
+
+    def __next__(self) -> int:
+        self.value += 1
+        return self.value
+
+
+def _tracked_types(tracker: _Tracker, order: _Counter) -> tuple[type[_Run], type[_Entry], type[_Lease], type[_Session]]:
+    """Subclasses of the mirror's classes that note in ``tracker`` every object whose fields
+    are set (new objects included)."""
+    setattr_ = object.__setattr__
+    runs, entries, leases, sessions = tracker.runs, tracker.entries, tracker.leases, tracker.sessions
+
+    def run_setattr(self: _Run, name: str, value: Any) -> None:
+        if name == "inbox" and type(value) is not _TrackedList:
+            value = _TrackedList(value, self, tracker)
+        setattr_(self, name, value)
+        if tracker.on:
+            runs.add(self)
+
+    def run_init(self: Any, *args: Any) -> None:
+        _Run.__init__(self, *args)
+        self.live_order = next(order)
+        self.finish_order = 0
+
+    def entry_setattr(self: _Entry, name: str, value: Any) -> None:
+        setattr_(self, name, value)
+        if tracker.on:
+            entries.add(self)
+
+    def lease_setattr(self: _Lease, name: str, value: Any) -> None:
+        setattr_(self, name, value)
+        if tracker.on:
+            leases.add(self)
+
+    def session_setattr(self: _Session, name: str, value: Any) -> None:
+        if name == "pending" and type(value) is not _TrackedDict:
+            value = _TrackedDict(value.items(), tracker, tracker.pending_touched, self.name)
+        setattr_(self, name, value)
+        if tracker.on:
+            sessions.add(self)
+
+    run_type = type("_SqliteRun", (_Run,), {"__slots__": ("finish_order", "live_order"), "__setattr__": run_setattr, "__init__": run_init})
+    entry_type = type("_SqliteEntry", (_Entry,), {"__slots__": (), "__setattr__": entry_setattr})
+    lease_type = type("_SqliteLease", (_Lease,), {"__slots__": (), "__setattr__": lease_setattr})
+    session_type = type("_SqliteSession", (_Session,), {"__slots__": (), "__setattr__": session_setattr})
+    return run_type, entry_type, lease_type, session_type
+
+
+class _Transaction:
+    """The backend's lock: entering begins an immediate transaction (reloading the mirror if
+    another connection committed), leaving writes what changed and commits, or rolls back."""
+
+    def __init__(self, backend: SqliteBackend) -> None:
+        self._backend = backend
+        self._mutex = threading.Lock()
+
+    def __enter__(self) -> None:
+        self._mutex.acquire()
+        try:
+            self._backend._begin()
+        except BaseException:
+            self._mutex.release()
+            raise
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
+        backend = self._backend
+        try:
+            if exc_type is None:
+                backend._commit()
+            else:
+                backend._rollback()
+        finally:
+            external = backend._external
+            backend._external = []
+            self._mutex.release()
+        if external:
+            backend._dispatch(external)
+
+    # the raw lock, for the watcher and connect: no transaction of its own
+    def acquire(self) -> None:
+        self._mutex.acquire()
+
+    def release(self) -> None:
+        self._mutex.release()
+
+
+# -- in-process neighbours --------------------------------------------------------------------------
+
+_neighbours: dict[Path, weakref.WeakSet[SqliteBackend]] = {}
+_neighbours_lock = threading.Lock()
+
+
+def _nudge_neighbours(backend: SqliteBackend) -> None:
+    with _neighbours_lock:
+        others = [other for other in _neighbours.get(backend.path, ()) if other is not backend]
+    for other in others:
+        other._wake.set()
+
+
+# -- the backend --------------------------------------------------------------------------------------
+
+
+class SqliteBackend(MemoryBackend):
+    """The ledger in a SQLite file: see the module docstring. ``path`` is the database file
+    (created 0600, with missing directories 0700); ``busy_timeout`` is how long an operation
+    waits for another connection's write lock before it fails; ``synchronous`` is ``NORMAL``
+    or ``FULL``; ``poll_interval`` bounds how late another process's change is seen.
+    ``reload_every_operation`` rebuilds the mirror from the file before every operation, so
+    each one sees only what was committed (slow: a check for tests)."""
+
+    blocking = False
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        busy_timeout: float = 5.0,
+        synchronous: str = "NORMAL",
+        poll_interval: float = _DEFAULT_POLL_SECONDS,
+        reload_every_operation: bool = False,
+    ) -> None:
+        super().__init__()
+        if synchronous.upper() not in ("NORMAL", "FULL"):
+            raise ValueError(f"synchronous must be 'NORMAL' or 'FULL', got {synchronous!r}")
+        if busy_timeout < 0:
+            raise ValueError(f"busy_timeout must be at least 0 seconds, got {busy_timeout!r}")
+        if not poll_interval > 0:
+            raise ValueError(f"poll_interval must be more than 0 seconds, got {poll_interval!r}")
+        self.path = Path(path).expanduser().absolute()
+        self.url = f"sqlite:///{self.path}"
+        self._busy_timeout = busy_timeout
+        self.blocking = synchronous.upper() == "FULL"
+        self._poll_interval = poll_interval
+        self._reload_always = reload_every_operation
+        self._tracker = _Tracker()
+        self._order = _Counter()
+        self._run_type, self._entry_type, self._lease_type, self._session_type = _tracked_types(self._tracker, self._order)
+        self._generations = _Counter()  # type: ignore[assignment]
+        self._lock = _Transaction(self)  # type: ignore[assignment]
+        self._external: list[Effect] = []
+        self._stale = True
+        self._data_version = -1
+        self._meta: tuple[int, int, int, int | None] = (0, 0, 0, None)
+        self._session_rows: dict[str, tuple[int | None, int]] = {}
+        self._epoch_locks: dict[str, tuple[int, Path]] = {}
+        self._closed = False
+        self._wake = threading.Event()
+        self._watcher: threading.Thread | None = None
+        self._last_heartbeat = 0.0
+        self._runs = _TrackedDict((), self._tracker, self._tracker.runs_touched, None)
+        self._leases = _TrackedDict((), self._tracker, self._tracker.leases_touched, None)
+        make_private_dirs(self.path.parent)
+        _private_file(self.path)
+        self._locks_dir = self.path.with_name(self.path.name + ".epochs")
+        make_private_dirs(self._locks_dir)
+        try:
+            self._conn = sqlite3.connect(
+                self.path, timeout=busy_timeout, isolation_level=None, check_same_thread=False
+            )
+            self._conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout * 1000)}")
+            mode = self._conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+            if str(mode).lower() != "wal":
+                raise BackendUnavailable(f"could not switch {self.path} to WAL mode (got {mode!r})", where=self.url)
+            self._conn.execute(f"PRAGMA synchronous = {synchronous.upper()}")
+            self._migrate()
+        except sqlite3.Error as exc:
+            raise BackendUnavailable(f"could not open the database: {exc}", where=self.url) from exc
+        for suffix in ("-wal", "-shm"):
+            side = self.path.with_name(self.path.name + suffix)
+            if side.exists():
+                os.chmod(side, 0o600)
+        with _neighbours_lock:
+            _neighbours.setdefault(self.path, weakref.WeakSet()).add(self)
+
+    # -- schema -----------------------------------------------------------------------------------
+
+    def _migrate(self) -> None:
+        conn = self._conn
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            exists = conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'schema_version'").fetchone()
+            if exists is None:
+                conn.execute("CREATE TABLE schema_version (version INTEGER NOT NULL)")
+                conn.execute("INSERT INTO schema_version VALUES (0)")
+            (version,) = conn.execute("SELECT version FROM schema_version").fetchone()
+            if version > SCHEMA_VERSION:
+                raise BackendUnavailable(
+                    f"the database has schema version {version}, newer than this followups supports ({SCHEMA_VERSION})",
+                    where=self.url,
+                )
+            while version < SCHEMA_VERSION:
+                version += 1
+                for statement in _MIGRATIONS[version].split(";"):
+                    if statement.strip():
+                        conn.execute(statement)
+                conn.execute("UPDATE schema_version SET version = ?", (version,))
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+
+    # -- transactions -------------------------------------------------------------------------------
+
+    def _fail(self, what: str, exc: sqlite3.Error) -> BackendUnavailable:
+        return BackendUnavailable(f"{what} failed: {exc}", where=self.url)
+
+    def _begin(self) -> None:
+        if self._closed:
+            raise BackendUnavailable("the backend is closed", where=self.url)
+        try:
+            self._conn.execute("BEGIN IMMEDIATE")
+        except sqlite3.Error as exc:
+            raise self._fail("beginning a transaction", exc) from exc
+        try:
+            self._refresh()
+        except sqlite3.Error as exc:
+            self._rollback()
+            raise self._fail("reading the ledger", exc) from exc
+        self._tracker.clear()
+        self._tracker.on = True
+
+    def _refresh(self) -> None:
+        version = self._conn.execute("PRAGMA data_version").fetchone()[0]
+        if self._stale or self._reload_always or version != self._data_version:
+            self._load()
+            self._data_version = version
+
+    def _commit(self) -> None:
+        tracker = self._tracker
+        tracker.on = False
+        try:
+            wrote = self._write()
+            self._conn.execute("COMMIT")
+        except sqlite3.Error as exc:
+            self._rollback()
+            raise self._fail("committing", exc) from exc
+        finally:
+            tracker.clear()
+        if wrote:
+            _nudge_neighbours(self)
+
+    def _rollback(self) -> None:
+        self._tracker.on = False
+        self._tracker.clear()
+        self._stale = True
+        try:
+            if self._conn.in_transaction:
+                self._conn.execute("ROLLBACK")
+        except sqlite3.Error:
+            logger.warning("rolling back %s failed", self.url, exc_info=True)
+
+    # -- writing what an operation changed -------------------------------------------------------------
+
+    def _write(self) -> bool:
+        tracker = self._tracker
+        meta = (self._generations.value, self._sequence, self._order.value, self._total_cap)  # type: ignore[attr-defined]
+        if not tracker.any() and meta == self._meta:
+            return False
+        conn = self._conn
+        runs = self._runs
+        sessions = self._sessions
+        for session in tracker.sessions:
+            row = (session.cap, session.cleared_through)
+            if self._session_rows.get(session.name) != row:
+                conn.execute(
+                    "INSERT INTO sessions (name, cap, cleared_through) VALUES (?, ?, ?) "
+                    "ON CONFLICT (name) DO UPDATE SET cap = excluded.cap, cleared_through = excluded.cleared_through",
+                    (session.name, *row),
+                )
+                self._session_rows[session.name] = row
+        gone_runs = [(ref.generation,) for ref in tracker.runs_touched if ref not in runs]
+        if gone_runs:
+            conn.executemany("DELETE FROM runs WHERE generation = ?", gone_runs)
+        changed = {run for run in tracker.runs if runs.get(run.ref) is run}
+        changed.update(runs[ref] for ref in tracker.runs_touched if ref in runs)
+        if changed:
+            # finished runs first: a live name they held may now be another run's
+            ordered = sorted(changed, key=lambda run: run.state.status in _LIVE)
+            conn.executemany(_UPSERT_RUN, [_run_row(run) for run in ordered])
+        entries: dict[int, _Entry] = {}
+        gone_entries = []
+        for name, key in tracker.pending_touched:
+            session = sessions.get(name)
+            entry = None if session is None else session.pending.get(key)
+            if entry is None:
+                gone_entries.append((name, *_split_key(key)))
+            else:
+                entries[id(entry)] = entry
+        for entry in tracker.entries:
+            session = sessions.get(entry.notification.session)
+            if session is not None and session.pending.get(self._key(entry)) is entry:
+                entries[id(entry)] = entry
+        if gone_entries:
+            conn.executemany("DELETE FROM entries WHERE session = ? AND generation = ? AND slot = ?", gone_entries)
+        if entries:
+            conn.executemany(_UPSERT_ENTRY, [_entry_row(entry) for entry in entries.values()])
+        leases = self._leases
+        gone_leases = [(lease_id,) for lease_id in tracker.leases_touched if lease_id not in leases]
+        if gone_leases:
+            conn.executemany("DELETE FROM leases WHERE id = ?", gone_leases)
+        changed_leases = {lease for lease in tracker.leases if leases.get(lease.id) is lease}
+        changed_leases.update(leases[lease_id] for lease_id in tracker.leases_touched if lease_id in leases)
+        if changed_leases:
+            conn.executemany(_UPSERT_LEASE, [_lease_row(lease) for lease in changed_leases])
+        if meta != self._meta:
+            conn.execute("UPDATE meta SET generation = ?, sequence = ?, ord = ?, total_cap = ? WHERE id = 1", meta)
+            self._meta = meta
+        return True
+
+    # -- loading the mirror ------------------------------------------------------------------------------
+
+    def _load(self) -> None:
+        """Rebuild the mirror from the database (inside a transaction), and queue for the
+        listeners what changed since the last mirror."""
+        conn = self._conn
+        tracker = self._tracker
+        tracker.on = False
+        old_sessions, old_runs, was_stale = self._sessions, dict(self._runs), self._stale
+        generation, sequence, order, total_cap = conn.execute(
+            "SELECT generation, sequence, ord, total_cap FROM meta WHERE id = 1"
+        ).fetchone()
+        self._generations.value = generation  # type: ignore[attr-defined]
+        self._sequence = sequence
+        self._order.value = order
+        self._total_cap = total_cap
+        self._meta = (generation, sequence, order, total_cap)
+        sessions: dict[str, _Session] = {}
+        self._session_rows = {}
+        for name, cap, cleared in conn.execute("SELECT name, cap, cleared_through FROM sessions ORDER BY ord"):
+            session = self._session_type(name)
+            session.cap = cap
+            session.cleared_through = cleared
+            sessions[name] = session
+            self._session_rows[name] = (cap, cleared)
+        runs = _TrackedDict((), tracker, tracker.runs_touched, None)
+        by_generation: dict[int, _Run] = {}
+        live: list[_Run] = []
+        finished: list[_Run] = []
+        run_type = self._run_type
+        for row in conn.execute(f"SELECT {_RUN_COLUMNS} FROM runs ORDER BY generation"):
+            run = _run_from_row(run_type, row)
+            session = sessions.get(run.session)
+            if session is None:
+                session = sessions[run.session] = self._session_type(run.session)
+            runs[run.ref] = run
+            by_generation[run.ref.generation] = run
+            session.records[run.task_id] = run
+            if run.parent is not None:
+                session.children.setdefault(run.parent, set()).add(run.task_id)
+            (live if run.state.status in _LIVE else finished).append(run)
+        live.sort(key=lambda run: run.live_order)
+        for run in live:
+            session = sessions[run.session]
+            session.live[run.task_id] = None
+            if run.name is not None:
+                session.names[run.name] = run.task_id
+            if run.state.status is TaskStatus.QUEUED:
+                session.queued += 1
+                if run.capped:
+                    session.capped_queued += 1
+                    session.queue.append(run)
+            else:
+                session.running += 1
+                if run.capped:
+                    session.capped_running += 1
+        finished.sort(key=lambda run: run.finish_order)
+        for run in finished:
+            sessions[run.session].finished[run.task_id] = None
+        leases = _TrackedDict((), tracker, tracker.leases_touched, None)
+        lease_entries: dict[str, list[Any]] = {}
+        for lease_id, expires_at, epoch, expired, encoded in conn.execute(
+            "SELECT id, expires_at, epoch, expired, entries FROM leases"
+        ):
+            lease = self._lease_type(lease_id, [], expires_at, epoch)
+            lease.expired = bool(expired)
+            leases[lease_id] = lease
+            lease_entries[lease_id] = json.loads(encoded)
+        by_key: dict[tuple[str, Any], _Entry] = {}
+        entry_type = self._entry_type
+        for row in conn.execute(
+            "SELECT session, generation, slot, task_id, status, text, sequence, notification_id, kind, version, "
+            "lease_id, relay_path FROM entries ORDER BY sequence"
+        ):
+            name, gen, slot, task_id, status, text, seq, notification_id, kind, version, lease_id, relay_path = row
+            notification = _notification(task_id, TaskState(TaskStatus(status), text), seq, notification_id, name, kind)
+            run = by_generation.get(gen)
+            entry = entry_type(run, slot, notification, version)
+            entry.lease = None if lease_id is None else leases.get(lease_id)
+            entry.relay_path = relay_path
+            session = sessions.get(name)
+            if session is None:
+                session = sessions[name] = self._session_type(name)
+            key = gen if slot == 0 else (gen, slot)
+            session.pending[key] = entry
+            by_key[(name, key)] = entry
+            if run is not None:
+                run.pending_entries += 1
+            if entry.available:
+                session.available += 1
+        for lease_id, items in lease_entries.items():
+            lease = leases[lease_id]
+            for name, gen, slot, version in items:
+                key = gen if slot == 0 else (gen, slot)
+                found = by_key.get((name, key))
+                if found is None:
+                    found = next((e for (_, k), e in by_key.items() if k == key), None)
+                if found is None:  # deleted since: a stand-in that no longer takes part
+                    placeholder = _notification("", TaskState.queued(), 0, f"{gen}.0", name, "result")
+                    if name not in sessions:
+                        sessions[name] = self._session_type(name)
+                    found = entry_type(None, slot, placeholder, -1)
+                lease.entries.append((found, version))
+        self._sessions = sessions
+        self._runs = runs
+        self._leases = leases
+        self._next_expiry = 0.0
+        self._stale = False
+        if old_runs or old_sessions:
+            self._external.extend(self._changes(old_sessions, old_runs, was_stale))
+
+    def _changes(self, old_sessions: dict[str, _Session], old_runs: dict[RunRef, _Run], was_stale: bool) -> list[Effect]:
+        """What another connection changed, as effects for this process's listeners."""
+        effects: list[Effect] = []
+        empty = _Session("")
+        for name, session in self._sessions.items():
+            before = old_sessions.get(name, empty)
+            if was_stale or _session_view(before) != _session_view(session):
+                effects.append(session.changed)
+        local = set(self._listeners)
+        if not local:
+            return effects
+        for ref, before_run in old_runs.items():
+            if before_run.epoch not in local or before_run.state.status not in _LIVE:
+                continue
+            now_run = self._runs.get(ref)
+            if now_run is None or now_run.state.status not in _LIVE:
+                reason = "" if now_run is None else now_run.cancel_reason or now_run.state.text
+                effects.append(RunAction(before_run.epoch, ref, "cancel", reason or "cancelled"))
+        wants = self._wants_events()
+        for ref, run in self._runs.items():
+            before_run = old_runs.get(ref)
+            if wants and before_run is None:
+                effects.append(TaskRegistered(self._task(run)))
+            if run.epoch not in local or run.state.status not in _LIVE:
+                continue
+            if run.cancel_by is not None and (was_stale or before_run is None or before_run.cancel_by is None):
+                effects.append(RunAction(run.epoch, ref, "cancel", run.cancel_reason))
+            elif (
+                before_run is not None
+                and before_run.state.status is TaskStatus.QUEUED
+                and run.state.status is TaskStatus.RUNNING
+                and run.capped
+            ):
+                effects.append(RunAction(run.epoch, ref, "start"))
+            if run.inbox and (before_run is None or list(before_run.inbox) != list(run.inbox)):
+                effects.append(RunAction(run.epoch, ref, "inbox"))
+        if wants:
+            for name, session in self._sessions.items():
+                before = old_sessions.get(name, empty)
+                for key, entry in session.pending.items():
+                    old = before.pending.get(key)
+                    if entry.slot == 0 and (old is None or old.version != entry.version):
+                        kind = entry.run.kind if entry.run is not None else "subagent"
+                        effects.append(TaskFinished(entry.notification, kind))
+        return effects
+
+    # -- the operations this backend adds to the reference's ----------------------------------------------
+
+    def _retire(self, session: _Session, run: _Run, final: TaskState, effects: builtins.list[Effect], now: float, *, admit: bool = True, cascade: bool = True) -> None:
+        run.finish_order = next(self._order)  # type: ignore[attr-defined]
+        super()._retire(session, run, final, effects, now, admit=admit, cascade=cascade)
+
+    def _move_run(self, source: _Session, target: _Session, run: _Run) -> None:
+        super()._move_run(source, target, run)
+        run.live_order = next(self._order)  # type: ignore[attr-defined]
+
+    def connect(self, listener: LedgerListener, *, now: float) -> str:
+        epoch = f"{socket.gethostname()}-{os.getpid()}-{os.urandom(4).hex()}"
+        lock_path = self._locks_dir / f"{epoch}.lock"
+        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            os.fchmod(fd, 0o600)
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BaseException:
+            os.close(fd)
+            raise
+        try:
+            with self._lock:
+                self._conn.execute(
+                    "INSERT INTO epochs (id, pid, host, started_at, last_seen) VALUES (?, ?, ?, ?, ?)",
+                    (epoch, os.getpid(), socket.gethostname(), time.time(), time.time()),
+                )
+                self._listeners[epoch] = listener
+                self._epoch_locks[epoch] = (fd, lock_path)
+        except BaseException:
+            os.close(fd)
+            lock_path.unlink(missing_ok=True)
+            raise
+        self.recover(now=now)
+        self._start_watcher()
+        return epoch
+
+    def disconnect(self, epoch: str) -> None:
+        held = self._epoch_locks.pop(epoch, None)
+        if held is None:
+            return
+        try:
+            with self._lock:
+                self._listeners.pop(epoch, None)
+                owns = self._conn.execute(
+                    "SELECT 1 FROM runs WHERE epoch = ? AND status IN ('queued', 'running') LIMIT 1", (epoch,)
+                ).fetchone()
+                if owns is None:
+                    self._conn.execute("DELETE FROM epochs WHERE id = ?", (epoch,))
+                else:
+                    self._conn.execute("UPDATE epochs SET last_seen = ? WHERE id = ?", (time.time(), epoch))
+        except BackendUnavailable:
+            self._listeners.pop(epoch, None)
+            logger.warning("could not record that epoch %s of %s ended", epoch, self.url, exc_info=True)
+        finally:
+            fd, path = held
+            path.unlink(missing_ok=True)
+            os.close(fd)
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        for epoch in list(self._epoch_locks):
+            self.disconnect(epoch)
+        self._closed = True
+        self._wake.set()
+        watcher = self._watcher
+        if watcher is not None and watcher is not threading.current_thread():
+            watcher.join(timeout=5)
+        self._lock.acquire()  # type: ignore[attr-defined]
+        try:
+            self._listeners.clear()
+            self._conn.close()
+        finally:
+            self._lock.release()  # type: ignore[attr-defined]
+        with _neighbours_lock:
+            group = _neighbours.get(self.path)
+            if group is not None:
+                group.discard(self)
+                if not group:
+                    del _neighbours[self.path]
+
+    def recover(self, *, now: float) -> int:
+        effects: builtins.list[Effect] = []
+        orphaned = 0
+        with self._lock:
+            before = {name: session.available for name, session in self._sessions.items()}
+            self._expire(now)
+            effects.extend(
+                session.changed
+                for name, session in self._sessions.items()
+                if session.available != before.get(name, session.available)
+            )
+            gone = self._gone_epochs()
+            if gone:
+                orphaned = self._orphan(gone, now, effects)
+        self._dispatch(effects)
+        return orphaned
+
+    def _gone_epochs(self) -> dict[str, str]:
+        """The epochs of live runs whose process stopped, each with the reason to give."""
+        conn = self._conn
+        owners = {row[0] for row in conn.execute("SELECT DISTINCT epoch FROM runs WHERE status IN ('queued', 'running')")}
+        known = {row[0]: row[1:] for row in conn.execute("SELECT id, pid, last_seen FROM epochs")}
+        gone: dict[str, str] = {}
+        for epoch in owners | set(known):
+            if epoch in self._epoch_locks:
+                continue
+            info = known.get(epoch)
+            if info is not None and self._epoch_alive(epoch):
+                continue
+            if info is None:
+                detail = "unknown process"
+            else:
+                pid, last_seen = info
+                stamp = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(last_seen))
+                detail = f"pid {pid}, last seen {stamp}"
+            gone[epoch] = f"orphaned: the process running it stopped ({detail})"
+        if gone:
+            conn.executemany("DELETE FROM epochs WHERE id = ?", [(epoch,) for epoch in gone])
+            for epoch in gone:
+                (self._locks_dir / f"{epoch}.lock").unlink(missing_ok=True)
+        return gone
+
+    def _epoch_alive(self, epoch: str) -> bool:
+        """True while some process holds the epoch's lock file."""
+        try:
+            fd = os.open(self._locks_dir / f"{epoch}.lock", os.O_RDWR | os.O_CLOEXEC)
+        except FileNotFoundError:
+            return False
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        finally:
+            os.close(fd)
+        return False
+
+    def _orphan(self, gone: dict[str, str], now: float, effects: builtins.list[Effect]) -> int:
+        targets = [run for run in self._runs.values() if run.state.status in _LIVE and run.epoch in gone]
+        count = 0
+        for run in targets:
+            session = self._sessions[run.session]
+            if run.state.status not in _LIVE or session.records.get(run.task_id) is not run:
+                continue  # already finished by a cascade from another orphan
+            reason = gone[run.epoch]
+            if run.cancel_by is None:
+                run.cancel_by = "orphaned"
+                run.cancel_reason = reason
+            self._retire(session, run, TaskState.failed(reason), effects, now)
+            self._queue_result(session, run, effects)
+            effects.append(session.changed)
+            count += 1
+        if count:
+            logger.warning("recovered %d task(s) orphaned by stopped processes in %s", count, self.url)
+        return count
+
+    # -- watching other processes -------------------------------------------------------------------------
+
+    def _start_watcher(self) -> None:
+        if self._watcher is None and not self._closed:
+            self._watcher = threading.Thread(target=self._watch, name="followups-sqlite-watch", daemon=True)
+            self._watcher.start()
+
+    def _watch(self) -> None:
+        while not self._closed:
+            self._wake.wait(self._poll_interval)
+            self._wake.clear()
+            if self._closed:
+                return
+            try:
+                self._poll()
+            except Exception:
+                logger.debug("watching %s failed; trying again", self.url, exc_info=True)
+
+    def _poll(self) -> None:
+        lock: Any = self._lock
+        effects: list[Effect] = []
+        lock.acquire()
+        try:
+            if self._closed:
+                return
+            conn = self._conn
+            version = conn.execute("PRAGMA data_version").fetchone()[0]
+            if version != self._data_version and not self._stale:
+                conn.execute("BEGIN")
+                try:
+                    self._load()
+                    self._data_version = version
+                finally:
+                    conn.execute("COMMIT")
+            clock = time.time()
+            if self._epoch_locks and clock - self._last_heartbeat >= _HEARTBEAT_SECONDS:
+                self._last_heartbeat = clock
+                try:
+                    conn.execute(
+                        f"UPDATE epochs SET last_seen = ? WHERE id IN ({', '.join('?' * len(self._epoch_locks))})",
+                        (clock, *self._epoch_locks),
+                    )
+                except sqlite3.Error:
+                    logger.debug("could not record that %s is alive", self.url, exc_info=True)
+            effects, self._external = self._external, []
+        finally:
+            lock.release()
+        if effects:
+            self._dispatch(effects)
+
+    # -- maintenance helpers --------------------------------------------------------------------------------
+
+    def integrity_check(self) -> str:
+        """``PRAGMA integrity_check``: ``"ok"`` for a sound database file."""
+        lock: Any = self._lock
+        lock.acquire()
+        try:
+            return "\n".join(str(row[0]) for row in self._conn.execute("PRAGMA integrity_check"))
+        finally:
+            lock.release()
+
+
+def _split_key(key: Any) -> tuple[int, int]:
+    return (key, 0) if isinstance(key, int) else (key[0], key[1])
+
+
+def _session_view(session: _Session) -> tuple[int, builtins.list[tuple[Any, int, bool]]]:
+    return len(session.live), [(key, entry.version, entry.available) for key, entry in session.pending.items()]
+
+
+def _run_row(run: _Run) -> tuple[Any, ...]:
+    ref = run.ref
+    state = run.state
+    return (
+        ref.generation, ref.session, ref.task_id, run.session, state.status.value, state.text, run.description,
+        run.kind, run.name, run.parent, run.close_policy, run.epoch, int(run.capped), int(run.has_inbox),
+        run.created_at, run.started_at, run.finished_at, run.progress, run.progress_at, run.cancel_by,
+        run.cancel_reason, int(run.sealed), run.digest, run.relay_path, run.version, run.questions,
+        json.dumps(list(run.inbox)), int(run.inbox_closed), run.live_order, run.finish_order,  # type: ignore[attr-defined]
+    )
+
+
+_RUN_FIELDS = (
+    "session", "state", "description", "kind", "name", "parent", "close_policy", "epoch", "capped", "has_inbox",
+    "created_at", "started_at", "finished_at", "progress", "progress_at", "cancel_by", "cancel_reason", "sealed",
+    "digest", "relay_path", "version", "questions", "inbox", "inbox_closed", "live_order", "finish_order",
+)
+
+
+def _run_from_row(run_type: type[_Run], row: tuple[Any, ...]) -> _Run:
+    (generation, origin, task_id, session, status, text, description, kind, name, parent, close_policy, epoch,
+     capped, has_inbox, created_at, started_at, finished_at, progress, progress_at, cancel_by, cancel_reason,
+     sealed, digest, relay_path, version, questions, inbox, inbox_closed, live_order, finish_order) = row
+    run = object.__new__(run_type)
+    values = (
+        session, TaskState(TaskStatus(status), text), description, kind, name, parent, close_policy, epoch,
+        bool(capped), bool(has_inbox), created_at, started_at, finished_at, progress, progress_at, cancel_by,
+        cancel_reason, bool(sealed), digest, relay_path, version, questions, json.loads(inbox), bool(inbox_closed),
+        live_order, finish_order,
+    )
+    for field, value in zip(_RUN_FIELDS, values, strict=True):
+        setattr(run, field, value)  # the tracker is off while loading
+    run.ref = RunRef(origin, task_id, generation)
+    run.pending_entries = 0
+    return run
+
+
+def _entry_row(entry: _Entry) -> tuple[Any, ...]:
+    notification: TaskNotification = entry.notification
+    lease = entry.lease
+    return (
+        notification.session, entry.generation, entry.slot, notification.id, notification.state.status.value,
+        notification.state.text, notification.sequence, notification.notification_id, notification.kind,
+        entry.version, None if lease is None else lease.id, entry.relay_path,
+    )
+
+
+def _lease_row(lease: _Lease) -> tuple[Any, ...]:
+    items = [[entry.notification.session, entry.generation, entry.slot, version] for entry, version in lease.entries]
+    return (lease.id, lease.expires_at, lease.epoch, int(lease.expired), json.dumps(items))
