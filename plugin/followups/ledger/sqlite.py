@@ -861,13 +861,17 @@ class SqliteBackend(MemoryBackend):
         orphaned = 0
         with self._lock:
             before = {name: session.available for name, session in self._sessions.items()}
+            gone = self._gone_epochs()
+            for lease in self._leases.values():
+                if lease.epoch in gone and not lease.expired and lease.expires_at > now:
+                    lease.expires_at = now  # its holder stopped: it can never be settled by it
+                    self._next_expiry = 0.0
             self._expire(now)
             effects.extend(
                 session.changed
                 for name, session in self._sessions.items()
                 if session.available != before.get(name, session.available)
             )
-            gone = self._gone_epochs()
             if gone:
                 orphaned = self._orphan(gone, now, effects)
         self._dispatch(effects)
@@ -877,6 +881,7 @@ class SqliteBackend(MemoryBackend):
         """The epochs of live runs whose process stopped, each with the reason to give."""
         conn = self._conn
         owners = {row[0] for row in conn.execute("SELECT DISTINCT epoch FROM runs WHERE status IN ('queued', 'running')")}
+        owners.update(row[0] for row in conn.execute("SELECT DISTINCT epoch FROM leases WHERE expired = 0"))
         known = {row[0]: row[1:] for row in conn.execute("SELECT id, pid, last_seen FROM epochs")}
         gone: dict[str, str] = {}
         for epoch in owners | set(known):
