@@ -44,14 +44,16 @@ import sqlite3
 import threading
 import time
 import weakref
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import Any, TypeVar
 
-from ..state import RunRef, TaskFinished, TaskNotification, TaskRegistered, TaskState, TaskStatus
+_T = TypeVar("_T")
+
+from ..state import BackgroundTask, LeaseInfo, RunRef, TaskFinished, TaskNotification, TaskRegistered, TaskState, TaskStatus
 from .memory import MemoryBackend, _Entry, _Lease, _notification, _Run, _Session
-from .protocol import BackendUnavailable, Effect, LedgerListener, RunAction, SessionChanged
+from .protocol import BackendUnavailable, Effect, LedgerListener, RunAction, SessionChanged, SessionCounts
 
 __all__ = ["SCHEMA_VERSION", "SqliteBackend", "default_store_path", "sqlite_path"]
 
@@ -364,20 +366,25 @@ class _Transaction:
     def __init__(self, backend: SqliteBackend) -> None:
         self._backend = backend
         self._mutex = threading.Lock()
+        self._local = threading.local()
 
     def __enter__(self) -> None:
         self._mutex.acquire()
         try:
-            self._backend._begin()
+            self._backend._begin(self.reading)
         except BaseException:
             self._mutex.release()
             raise
+
+    @property
+    def reading(self) -> bool:
+        return getattr(self._local, "reading", False)
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
         backend = self._backend
         try:
             if exc_type is None:
-                backend._commit()
+                backend._commit(self.reading)
             else:
                 backend._rollback()
         finally:
@@ -515,11 +522,11 @@ class SqliteBackend(MemoryBackend):
     def _fail(self, what: str, exc: sqlite3.Error) -> BackendUnavailable:
         return BackendUnavailable(f"{what} failed: {exc}", where=self.url)
 
-    def _begin(self) -> None:
+    def _begin(self, reading: bool) -> None:
         if self._closed:
             raise BackendUnavailable("the backend is closed", where=self.url)
         try:
-            self._conn.execute("BEGIN IMMEDIATE")
+            self._conn.execute("BEGIN" if reading else "BEGIN IMMEDIATE")
         except sqlite3.Error as exc:
             raise self._fail("beginning a transaction", exc) from exc
         try:
@@ -536,7 +543,7 @@ class SqliteBackend(MemoryBackend):
             self._load()
             self._data_version = version
 
-    def _commit(self) -> None:
+    def _commit(self, reading: bool) -> None:
         tracker = self._tracker
         tracker.on = False
         try:
@@ -544,6 +551,9 @@ class SqliteBackend(MemoryBackend):
             self._conn.execute("COMMIT")
         except sqlite3.Error as exc:
             self._rollback()
+            if reading:  # what a read changed is derived (expired leases): the answer stands
+                logger.debug("a read of %s could not record what it derived", self.url, exc_info=True)
+                return
             raise self._fail("committing", exc) from exc
         finally:
             tracker.clear()
@@ -775,6 +785,43 @@ class SqliteBackend(MemoryBackend):
                         effects.append(TaskFinished(entry.notification, kind))
         return effects
 
+    # -- reads: a deferred transaction, which a writer of another process does not block ---------------
+
+    def _read(self, fn: Callable[..., _T], *args: Any, **kwargs: Any) -> _T:
+        local = self._lock._local  # type: ignore[attr-defined]
+        local.reading = True
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            local.reading = False
+
+    def get(self, session: str, key: str) -> BackgroundTask | None:
+        return self._read(super().get, session, key)
+
+    def get_run(self, ref: RunRef) -> BackgroundTask | None:
+        return self._read(super().get_run, ref)
+
+    def run_digest(self, ref: RunRef) -> str | None:
+        return self._read(super().run_digest, ref)
+
+    def list(self, session: str | None, *, status: TaskStatus | None = None, kind: str | None = None, parent: str | None = None) -> builtins.list[BackgroundTask]:
+        return self._read(super().list, session, status=status, kind=kind, parent=parent)
+
+    def counts(self, session: str, *, now: float) -> SessionCounts:
+        return self._read(super().counts, session, now=now)
+
+    def leases(self, session: str, *, now: float) -> builtins.list[LeaseInfo]:
+        return self._read(super().leases, session, now=now)
+
+    def pending(self, session: str, *, now: float) -> builtins.list[TaskNotification]:
+        return self._read(super().pending, session, now=now)
+
+    def sessions(self) -> builtins.list[str]:
+        return self._read(super().sessions)
+
+    def referenced_relay_paths(self) -> set[str]:
+        return self._read(super().referenced_relay_paths)
+
     # -- the operations this backend adds to the reference's ----------------------------------------------
 
     def _retire(self, session: _Session, run: _Run, final: TaskState, effects: builtins.list[Effect], now: float, *, admit: bool = True, cascade: bool = True) -> None:
@@ -963,7 +1010,7 @@ class SqliteBackend(MemoryBackend):
                 return
             conn = self._conn
             version = conn.execute("PRAGMA data_version").fetchone()[0]
-            if version != self._data_version and not self._stale:
+            if self._stale or version != self._data_version:
                 conn.execute("BEGIN")
                 try:
                     self._load()
