@@ -38,6 +38,7 @@ import builtins
 import fcntl
 import json
 import logging
+import operator
 import os
 import socket
 import sqlite3
@@ -232,8 +233,8 @@ class _Tracker:
 
     def __init__(self) -> None:
         self.on = False
-        self.runs: set[_Run] = set()
-        self.entries: set[_Entry] = set()
+        self.runs: dict[_Run, set[str]] = {}  # run -> the fields set
+        self.entries: dict[_Entry, set[str]] = {}  # entry -> the fields set
         self.leases: set[_Lease] = set()
         self.sessions: set[_Session] = set()
         self.runs_touched: set[RunRef] = set()
@@ -301,7 +302,7 @@ class _TrackedList(list[str]):
     def append(self, item: str) -> None:
         list.append(self, item)
         if self.tracker.on:
-            self.tracker.runs.add(self.owner)
+            self.tracker.runs.setdefault(self.owner, set()).add("inbox")
 
 
 class _Counter:
@@ -327,8 +328,12 @@ def _tracked_types(tracker: _Tracker, order: _Counter) -> tuple[type[_Run], type
         if name == "inbox" and type(value) is not _TrackedList:
             value = _TrackedList(value, self, tracker)
         setattr_(self, name, value)
-        if tracker.on:
-            runs.add(self)
+        if tracker.on and name not in _DERIVED_RUN_FIELDS:
+            fields = runs.get(self)
+            if fields is None:
+                runs[self] = {name}
+            else:
+                fields.add(name)
 
     def run_init(self: Any, *args: Any) -> None:
         _Run.__init__(self, *args)
@@ -338,7 +343,11 @@ def _tracked_types(tracker: _Tracker, order: _Counter) -> tuple[type[_Run], type
     def entry_setattr(self: _Entry, name: str, value: Any) -> None:
         setattr_(self, name, value)
         if tracker.on:
-            entries.add(self)
+            fields = entries.get(self)
+            if fields is None:
+                entries[self] = {name}
+            else:
+                fields.add(name)
 
     def lease_setattr(self: _Lease, name: str, value: Any) -> None:
         setattr_(self, name, value)
@@ -349,7 +358,7 @@ def _tracked_types(tracker: _Tracker, order: _Counter) -> tuple[type[_Run], type
         if name == "pending" and type(value) is not _TrackedDict:
             value = _TrackedDict(value.items(), tracker, tracker.pending_touched, self.name)
         setattr_(self, name, value)
-        if tracker.on:
+        if tracker.on and name in _STORED_SESSION_FIELDS:
             sessions.add(self)
 
     run_type = type("_SqliteRun", (_Run,), {"__slots__": ("finish_order", "live_order"), "__setattr__": run_setattr, "__init__": run_init})
@@ -458,7 +467,8 @@ class SqliteBackend(MemoryBackend):
         self._external: list[Effect] = []
         self._stale = True
         self._data_version = -1
-        self._meta: tuple[int, int, int, int | None] = (0, 0, 0, None)
+        self._meta: tuple[int, int, int, int | None] = (0, 0, 0, None)  # the counters last committed
+        self._meta_row: tuple[int, int, int, int | None] = (0, 0, 0, None)  # what the meta row holds
         self._session_rows: dict[str, tuple[int | None, int]] = {}
         self._epoch_locks: dict[str, tuple[int, Path]] = {}
         self._closed = False
@@ -488,7 +498,8 @@ class SqliteBackend(MemoryBackend):
             if side.exists():
                 os.chmod(side, 0o600)
         with _neighbours_lock:
-            _neighbours.setdefault(self.path, weakref.WeakSet()).add(self)
+            self._neighbours = _neighbours.setdefault(self.path, weakref.WeakSet())
+            self._neighbours.add(self)
 
     # -- schema -----------------------------------------------------------------------------------
 
@@ -534,8 +545,7 @@ class SqliteBackend(MemoryBackend):
         except sqlite3.Error as exc:
             self._rollback()
             raise self._fail("reading the ledger", exc) from exc
-        self._tracker.clear()
-        self._tracker.on = True
+        self._tracker.on = True  # cleared at the end of the last transaction
 
     def _refresh(self) -> None:
         version = self._conn.execute("PRAGMA data_version").fetchone()[0]
@@ -557,7 +567,7 @@ class SqliteBackend(MemoryBackend):
             raise self._fail("committing", exc) from exc
         finally:
             tracker.clear()
-        if wrote:
+        if wrote and len(self._neighbours) > 1:
             _nudge_neighbours(self)
 
     def _rollback(self) -> None:
@@ -578,54 +588,76 @@ class SqliteBackend(MemoryBackend):
         if not tracker.any() and meta == self._meta:
             return False
         conn = self._conn
+        execute = conn.execute
         runs = self._runs
         sessions = self._sessions
+        removed = False
         for session in tracker.sessions:
             row = (session.cap, session.cleared_through)
             if self._session_rows.get(session.name) != row:
-                conn.execute(
+                execute(
                     "INSERT INTO sessions (name, cap, cleared_through) VALUES (?, ?, ?) "
                     "ON CONFLICT (name) DO UPDATE SET cap = excluded.cap, cleared_through = excluded.cleared_through",
                     (session.name, *row),
                 )
                 self._session_rows[session.name] = row
-        gone_runs = [(ref.generation,) for ref in tracker.runs_touched if ref not in runs]
-        if gone_runs:
-            conn.executemany("DELETE FROM runs WHERE generation = ?", gone_runs)
-        changed = {run for run in tracker.runs if runs.get(run.ref) is run}
-        changed.update(runs[ref] for ref in tracker.runs_touched if ref in runs)
-        if changed:
-            # finished runs first: a live name they held may now be another run's
-            ordered = sorted(changed, key=lambda run: run.state.status in _LIVE)
-            conn.executemany(_UPSERT_RUN, [_run_row(run) for run in ordered])
-        entries: dict[int, _Entry] = {}
-        gone_entries = []
-        for name, key in tracker.pending_touched:
-            session = sessions.get(name)
-            entry = None if session is None else session.pending.get(key)
-            if entry is None:
-                gone_entries.append((name, *_split_key(key)))
-            else:
-                entries[id(entry)] = entry
-        for entry in tracker.entries:
+        touched = tracker.runs_touched
+        if touched:
+            gone_runs = [(ref.generation,) for ref in touched if ref not in runs]
+            if gone_runs:
+                removed = True
+                conn.executemany("DELETE FROM runs WHERE generation = ?", gone_runs)
+        if tracker.runs:
+            updated = [(run, fields) for run, fields in tracker.runs.items() if run.ref not in touched and runs.get(run.ref) is run]
+            if len(updated) > 1:  # finished runs first: a live name they held may now be another run's
+                updated.sort(key=lambda item: item[0].state.status in _LIVE)
+            for run, fields in updated:
+                columns = _update_columns(frozenset(fields))
+                if columns:
+                    execute(_update_run_sql(columns), _run_values(run, columns))
+        if touched:
+            new = [runs[ref] for ref in touched if ref in runs]
+            if new:
+                new.sort(key=lambda run: run.state.status in _LIVE)
+                conn.executemany(_UPSERT_RUN, [_run_row(run) for run in new])
+        added: dict[int, _Entry] = {}
+        if tracker.pending_touched:
+            gone_entries = []
+            for name, key in tracker.pending_touched:
+                session = sessions.get(name)
+                entry = None if session is None else session.pending.get(key)
+                if entry is None:
+                    gone_entries.append((name, *_split_key(key)))
+                else:
+                    added[id(entry)] = entry
+            if gone_entries:
+                removed = True
+                conn.executemany("DELETE FROM entries WHERE session = ? AND generation = ? AND slot = ?", gone_entries)
+            for entry in added.values():
+                execute(_UPSERT_ENTRY, _entry_row(entry))
+        for entry, fields in tracker.entries.items():
+            if id(entry) in added:
+                continue
             session = sessions.get(entry.notification.session)
             if session is not None and session.pending.get(self._key(entry)) is entry:
-                entries[id(entry)] = entry
-        if gone_entries:
-            conn.executemany("DELETE FROM entries WHERE session = ? AND generation = ? AND slot = ?", gone_entries)
-        if entries:
-            conn.executemany(_UPSERT_ENTRY, [_entry_row(entry) for entry in entries.values()])
-        leases = self._leases
-        gone_leases = [(lease_id,) for lease_id in tracker.leases_touched if lease_id not in leases]
-        if gone_leases:
-            conn.executemany("DELETE FROM leases WHERE id = ?", gone_leases)
-        changed_leases = {lease for lease in tracker.leases if leases.get(lease.id) is lease}
-        changed_leases.update(leases[lease_id] for lease_id in tracker.leases_touched if lease_id in leases)
-        if changed_leases:
-            conn.executemany(_UPSERT_LEASE, [_lease_row(lease) for lease in changed_leases])
-        if meta != self._meta:
-            conn.execute("UPDATE meta SET generation = ?, sequence = ?, ord = ?, total_cap = ? WHERE id = 1", meta)
-            self._meta = meta
+                columns = _entry_columns(frozenset(fields))
+                if columns:
+                    execute(_update_entry_sql(columns), _entry_values(entry, columns))
+        if tracker.leases or tracker.leases_touched:
+            leases = self._leases
+            gone_leases = [(lease_id,) for lease_id in tracker.leases_touched if lease_id not in leases]
+            if gone_leases:
+                conn.executemany("DELETE FROM leases WHERE id = ?", gone_leases)
+            changed_leases = {lease for lease in tracker.leases if leases.get(lease.id) is lease}
+            changed_leases.update(leases[lease_id] for lease_id in tracker.leases_touched if lease_id in leases)
+            for lease in changed_leases:
+                execute(_UPSERT_LEASE, _lease_row(lease))
+        # The counters are also the maxima of what the rows hold (see _load): they need writing
+        # only when rows that hold them go, or when the store-wide cap changes.
+        if (removed or meta[3] != self._meta_row[3]) and meta != self._meta_row:
+            execute("UPDATE meta SET generation = ?, sequence = ?, ord = ?, total_cap = ? WHERE id = 1", meta)
+            self._meta_row = meta
+        self._meta = meta
         return True
 
     # -- loading the mirror ------------------------------------------------------------------------------
@@ -637,14 +669,20 @@ class SqliteBackend(MemoryBackend):
         tracker = self._tracker
         tracker.on = False
         old_sessions, old_runs, was_stale = self._sessions, dict(self._runs), self._stale
+        self._meta_row = conn.execute("SELECT generation, sequence, ord, total_cap FROM meta WHERE id = 1").fetchone()
         generation, sequence, order, total_cap = conn.execute(
-            "SELECT generation, sequence, ord, total_cap FROM meta WHERE id = 1"
+            "SELECT max(generation, (SELECT coalesce(max(generation), 0) FROM runs),"
+            " (SELECT coalesce(max(generation), 0) FROM entries)),"
+            " max(sequence, (SELECT coalesce(max(sequence), 0) FROM entries),"
+            " (SELECT coalesce(max(cleared_through), 0) FROM sessions)),"
+            " max(ord, (SELECT coalesce(max(max(live_order, finish_order)), 0) FROM runs)), total_cap"
+            " FROM meta WHERE id = 1"
         ).fetchone()
         self._generations.value = generation  # type: ignore[attr-defined]
         self._sequence = sequence
         self._order.value = order
         self._total_cap = total_cap
-        self._meta = (generation, sequence, order, total_cap)
+        self._meta = (generation, sequence, order, total_cap)  # what the rows hold, not the meta row
         sessions: dict[str, _Session] = {}
         self._session_rows = {}
         for name, cap, cleared in conn.execute("SELECT name, cap, cleared_through FROM sessions ORDER BY ord"):
@@ -1061,8 +1099,114 @@ def _run_row(run: _Run) -> tuple[Any, ...]:
         run.kind, run.name, run.parent, run.close_policy, run.epoch, int(run.capped), int(run.has_inbox),
         run.created_at, run.started_at, run.finished_at, run.progress, run.progress_at, run.cancel_by,
         run.cancel_reason, int(run.sealed), run.digest, run.relay_path, run.version, run.questions,
-        json.dumps(list(run.inbox)), int(run.inbox_closed), run.live_order, run.finish_order,  # type: ignore[attr-defined]
+        _inbox_json(run), int(run.inbox_closed), run.live_order, run.finish_order,  # type: ignore[attr-defined]
     )
+
+
+def _inbox_json(run: _Run) -> str:
+    return json.dumps(list(run.inbox)) if run.inbox else "[]"
+
+
+_DERIVED_RUN_FIELDS = frozenset({"pending_entries"})
+_STORED_SESSION_FIELDS = frozenset({"cap", "cleared_through"})
+_RUN_FIELD_COLUMNS: dict[str, tuple[str, ...]] = {
+    "state": ("status", "text"),
+    "ref": (),
+    "inbox": ("inbox",),
+    **{
+        name: (name,)
+        for name in (
+            "session", "description", "kind", "name", "parent", "close_policy", "epoch", "capped", "has_inbox",
+            "created_at", "started_at", "finished_at", "progress", "progress_at", "cancel_by", "cancel_reason",
+            "sealed", "digest", "relay_path", "version", "questions", "inbox_closed", "live_order", "finish_order",
+        )
+    },
+}
+_COLUMN_VALUE: dict[str, Callable[[Any], Any]] = {
+    "status": lambda run: run.state.status.value,
+    "text": lambda run: run.state.text,
+    "inbox": _inbox_json,
+    "capped": lambda run: int(run.capped),
+    "has_inbox": lambda run: int(run.has_inbox),
+    "sealed": lambda run: int(run.sealed),
+    "inbox_closed": lambda run: int(run.inbox_closed),
+}
+_columns_cache: dict[frozenset[str], tuple[str, ...]] = {}
+_sql_cache: dict[tuple[str, ...], str] = {}
+
+
+def _update_columns(fields: frozenset[str]) -> tuple[str, ...]:
+    columns = _columns_cache.get(fields)
+    if columns is None:
+        columns = tuple(sorted({column for field in fields for column in _RUN_FIELD_COLUMNS[field]}))
+        _columns_cache[fields] = columns
+    return columns
+
+
+def _update_run_sql(columns: tuple[str, ...]) -> str:
+    sql = _sql_cache.get(columns)
+    if sql is None:
+        sql = f"UPDATE runs SET {', '.join(f'{c} = ?' for c in columns)} WHERE generation = ?"
+        _sql_cache[columns] = sql
+    return sql
+
+
+_ENTRY_FIELD_COLUMNS: dict[str, tuple[str, ...]] = {
+    "lease": ("lease_id",),
+    "notification": ("task_id", "status", "text", "sequence", "notification_id", "kind"),
+    "version": ("version",),
+    "relay_path": ("relay_path",),
+    "generation": (),
+    "slot": (),
+    "run": (),
+}
+_ENTRY_VALUE: dict[str, Callable[[Any], Any]] = {
+    "lease_id": lambda entry: None if entry.lease is None else entry.lease.id,
+    "task_id": lambda entry: entry.notification.id,
+    "status": lambda entry: entry.notification.state.status.value,
+    "text": lambda entry: entry.notification.state.text,
+    "sequence": lambda entry: entry.notification.sequence,
+    "notification_id": lambda entry: entry.notification.notification_id,
+    "kind": lambda entry: entry.notification.kind,
+    "version": operator.attrgetter("version"),
+    "relay_path": operator.attrgetter("relay_path"),
+}
+_entry_columns_cache: dict[frozenset[str], tuple[str, ...]] = {}
+_entry_sql_cache: dict[tuple[str, ...], str] = {}
+
+
+def _entry_columns(fields: frozenset[str]) -> tuple[str, ...]:
+    columns = _entry_columns_cache.get(fields)
+    if columns is None:
+        columns = tuple(sorted({column for field in fields for column in _ENTRY_FIELD_COLUMNS[field]}))
+        _entry_columns_cache[fields] = columns
+    return columns
+
+
+def _update_entry_sql(columns: tuple[str, ...]) -> str:
+    sql = _entry_sql_cache.get(columns)
+    if sql is None:
+        sql = (
+            f"UPDATE entries SET {', '.join(f'{c} = ?' for c in columns)} "
+            "WHERE session = ? AND generation = ? AND slot = ?"
+        )
+        _entry_sql_cache[columns] = sql
+    return sql
+
+
+def _entry_values(entry: _Entry, columns: tuple[str, ...]) -> tuple[Any, ...]:
+    return (*(_ENTRY_VALUE[column](entry) for column in columns), entry.notification.session, entry.generation, entry.slot)
+
+
+_getters_cache: dict[tuple[str, ...], tuple[Callable[[Any], Any], ...]] = {}
+
+
+def _run_values(run: _Run, columns: tuple[str, ...]) -> tuple[Any, ...]:
+    getters = _getters_cache.get(columns)
+    if getters is None:
+        getters = tuple(_COLUMN_VALUE.get(column) or operator.attrgetter(column) for column in columns)
+        _getters_cache[columns] = getters
+    return (*(getter(run) for getter in getters), run.ref.generation)
 
 
 _RUN_FIELDS = (
