@@ -65,6 +65,7 @@ SCHEMA_VERSION = 1
 
 _LIVE = frozenset({TaskStatus.QUEUED, TaskStatus.RUNNING})
 _HEARTBEAT_SECONDS = 5.0
+_RESERVE = 1024  # counter values reserved by one write of the meta row
 _DEFAULT_POLL_SECONDS = 0.05
 
 _SCHEMA_V1 = """
@@ -117,7 +118,6 @@ CREATE TABLE runs (
 CREATE UNIQUE INDEX runs_task ON runs (session, task_id);
 CREATE UNIQUE INDEX runs_live_name ON runs (session, name)
     WHERE name IS NOT NULL AND status IN ('queued', 'running');
-CREATE INDEX runs_epoch ON runs (epoch) WHERE status IN ('queued', 'running');
 CREATE TABLE entries (
     session TEXT NOT NULL,
     generation INTEGER NOT NULL,
@@ -248,13 +248,20 @@ class _Tracker:
         )
 
     def clear(self) -> None:
-        self.runs.clear()
-        self.entries.clear()
-        self.leases.clear()
-        self.sessions.clear()
-        self.runs_touched.clear()
-        self.leases_touched.clear()
-        self.pending_touched.clear()
+        if self.runs:
+            self.runs.clear()
+        if self.entries:
+            self.entries.clear()
+        if self.leases:
+            self.leases.clear()
+        if self.sessions:
+            self.sessions.clear()
+        if self.runs_touched:
+            self.runs_touched.clear()
+        if self.leases_touched:
+            self.leases_touched.clear()
+        if self.pending_touched:
+            self.pending_touched.clear()
 
 
 class _TrackedDict(dict[Any, Any]):
@@ -376,11 +383,13 @@ class _Transaction:
         self._backend = backend
         self._mutex = threading.Lock()
         self._local = threading.local()
+        self._reading = False  # the current transaction's kind, set while the mutex is held
 
     def __enter__(self) -> None:
         self._mutex.acquire()
         try:
-            self._backend._begin(self.reading)
+            self._reading = reading = getattr(self._local, "reading", False)
+            self._backend._begin(reading)
         except BaseException:
             self._mutex.release()
             raise
@@ -393,7 +402,7 @@ class _Transaction:
         backend = self._backend
         try:
             if exc_type is None:
-                backend._commit(self.reading)
+                backend._commit(self._reading)
             else:
                 backend._rollback()
         finally:
@@ -536,22 +545,20 @@ class SqliteBackend(MemoryBackend):
     def _begin(self, reading: bool) -> None:
         if self._closed:
             raise BackendUnavailable("the backend is closed", where=self.url)
+        execute = self._conn.execute
         try:
-            self._conn.execute("BEGIN" if reading else "BEGIN IMMEDIATE")
+            execute("BEGIN" if reading else "BEGIN IMMEDIATE")
         except sqlite3.Error as exc:
             raise self._fail("beginning a transaction", exc) from exc
         try:
-            self._refresh()
+            version = execute("PRAGMA data_version").fetchone()[0]
+            if self._stale or self._reload_always or version != self._data_version:
+                self._load()
+                self._data_version = version
         except sqlite3.Error as exc:
             self._rollback()
             raise self._fail("reading the ledger", exc) from exc
         self._tracker.on = True  # cleared at the end of the last transaction
-
-    def _refresh(self) -> None:
-        version = self._conn.execute("PRAGMA data_version").fetchone()[0]
-        if self._stale or self._reload_always or version != self._data_version:
-            self._load()
-            self._data_version = version
 
     def _commit(self, reading: bool) -> None:
         tracker = self._tracker
@@ -585,32 +592,38 @@ class SqliteBackend(MemoryBackend):
     def _write(self) -> bool:
         tracker = self._tracker
         meta = (self._generations.value, self._sequence, self._order.value, self._total_cap)  # type: ignore[attr-defined]
-        if not tracker.any() and meta == self._meta:
+        run_fields = tracker.runs
+        entry_fields = tracker.entries
+        touched = tracker.runs_touched
+        pending_touched = tracker.pending_touched
+        if not (
+            run_fields or entry_fields or touched or pending_touched or tracker.leases or tracker.leases_touched
+            or tracker.sessions
+        ) and meta == self._meta:
             return False
-        conn = self._conn
-        execute = conn.execute
+        execute = self._conn.execute
         runs = self._runs
         sessions = self._sessions
-        removed = False
-        for session in tracker.sessions:
-            row = (session.cap, session.cleared_through)
-            if self._session_rows.get(session.name) != row:
-                execute(
-                    "INSERT INTO sessions (name, cap, cleared_through) VALUES (?, ?, ?) "
-                    "ON CONFLICT (name) DO UPDATE SET cap = excluded.cap, cleared_through = excluded.cleared_through",
-                    (session.name, *row),
-                )
-                self._session_rows[session.name] = row
-        touched = tracker.runs_touched
+        if tracker.sessions:
+            for session in tracker.sessions:
+                row = (session.cap, session.cleared_through)
+                if self._session_rows.get(session.name) != row:
+                    execute(
+                        "INSERT INTO sessions (name, cap, cleared_through) VALUES (?, ?, ?) ON CONFLICT (name) "
+                        "DO UPDATE SET cap = excluded.cap, cleared_through = excluded.cleared_through",
+                        (session.name, *row),
+                    )
+                    self._session_rows[session.name] = row
         if touched:
-            gone_runs = [(ref.generation,) for ref in touched if ref not in runs]
-            if gone_runs:
-                removed = True
-                conn.executemany("DELETE FROM runs WHERE generation = ?", gone_runs)
-        if tracker.runs:
-            updated = [(run, fields) for run, fields in tracker.runs.items() if run.ref not in touched and runs.get(run.ref) is run]
+            for ref in touched:
+                if ref not in runs:
+                    execute("DELETE FROM runs WHERE generation = ?", (ref.generation,))
+        if run_fields:
+            updated = [
+                (run, fields) for run, fields in run_fields.items() if run.ref not in touched and runs.get(run.ref) is run
+            ]
             if len(updated) > 1:  # finished runs first: a live name they held may now be another run's
-                updated.sort(key=lambda item: item[0].state.status in _LIVE)
+                updated.sort(key=_live_last)
             for run, fields in updated:
                 columns = _update_columns(frozenset(fields))
                 if columns:
@@ -618,45 +631,50 @@ class SqliteBackend(MemoryBackend):
         if touched:
             new = [runs[ref] for ref in touched if ref in runs]
             if new:
-                new.sort(key=lambda run: run.state.status in _LIVE)
-                conn.executemany(_UPSERT_RUN, [_run_row(run) for run in new])
-        added: dict[int, _Entry] = {}
-        if tracker.pending_touched:
-            gone_entries = []
-            for name, key in tracker.pending_touched:
+                new.sort(key=_run_live_last)
+                for run in new:
+                    execute(_UPSERT_RUN, _run_row(run))
+        added: set[int] = set()
+        if pending_touched:
+            for name, key in pending_touched:
                 session = sessions.get(name)
                 entry = None if session is None else session.pending.get(key)
                 if entry is None:
-                    gone_entries.append((name, *_split_key(key)))
-                else:
-                    added[id(entry)] = entry
-            if gone_entries:
-                removed = True
-                conn.executemany("DELETE FROM entries WHERE session = ? AND generation = ? AND slot = ?", gone_entries)
-            for entry in added.values():
-                execute(_UPSERT_ENTRY, _entry_row(entry))
-        for entry, fields in tracker.entries.items():
-            if id(entry) in added:
-                continue
-            session = sessions.get(entry.notification.session)
-            if session is not None and session.pending.get(self._key(entry)) is entry:
-                columns = _entry_columns(frozenset(fields))
-                if columns:
-                    execute(_update_entry_sql(columns), _entry_values(entry, columns))
+                    generation, slot = (key, 0) if type(key) is int else key
+                    execute("DELETE FROM entries WHERE session = ? AND generation = ? AND slot = ?", (name, generation, slot))
+                elif id(entry) not in added:
+                    added.add(id(entry))
+                    execute(_UPSERT_ENTRY, _entry_row(entry))
+        if entry_fields:
+            for entry, fields in entry_fields.items():
+                if id(entry) in added:
+                    continue
+                session = sessions.get(entry.notification.session)
+                if session is not None and session.pending.get(entry.generation if entry.slot == 0 else (entry.generation, entry.slot)) is entry:
+                    columns = _entry_columns(frozenset(fields))
+                    if columns:
+                        execute(_update_entry_sql(columns), _entry_values(entry, columns))
         if tracker.leases or tracker.leases_touched:
             leases = self._leases
-            gone_leases = [(lease_id,) for lease_id in tracker.leases_touched if lease_id not in leases]
-            if gone_leases:
-                conn.executemany("DELETE FROM leases WHERE id = ?", gone_leases)
+            for lease_id in tracker.leases_touched:
+                if lease_id not in leases:
+                    execute("DELETE FROM leases WHERE id = ?", (lease_id,))
             changed_leases = {lease for lease in tracker.leases if leases.get(lease.id) is lease}
             changed_leases.update(leases[lease_id] for lease_id in tracker.leases_touched if lease_id in leases)
             for lease in changed_leases:
                 execute(_UPSERT_LEASE, _lease_row(lease))
-        # The counters are also the maxima of what the rows hold (see _load): they need writing
-        # only when rows that hold them go, or when the store-wide cap changes.
-        if (removed or meta[3] != self._meta_row[3]) and meta != self._meta_row:
-            execute("UPDATE meta SET generation = ?, sequence = ?, ord = ?, total_cap = ? WHERE id = 1", meta)
-            self._meta_row = meta
+        # The meta row holds a ceiling for each counter, reserved a block at a time, so that a
+        # transaction rarely has to write it: numbers are only compared, and gaps are harmless.
+        reserved = self._meta_row
+        if meta[0] > reserved[0] or meta[1] > reserved[1] or meta[2] > reserved[2] or meta[3] != reserved[3]:
+            reserved = (
+                reserved[0] if meta[0] <= reserved[0] else meta[0] + _RESERVE,
+                reserved[1] if meta[1] <= reserved[1] else meta[1] + _RESERVE,
+                reserved[2] if meta[2] <= reserved[2] else meta[2] + _RESERVE,
+                meta[3],
+            )
+            execute("UPDATE meta SET generation = ?, sequence = ?, ord = ?, total_cap = ? WHERE id = 1", reserved)
+            self._meta_row = reserved
         self._meta = meta
         return True
 
@@ -669,20 +687,14 @@ class SqliteBackend(MemoryBackend):
         tracker = self._tracker
         tracker.on = False
         old_sessions, old_runs, was_stale = self._sessions, dict(self._runs), self._stale
+        # counters continue from the reserved ceilings: a value below one may have been used
         self._meta_row = conn.execute("SELECT generation, sequence, ord, total_cap FROM meta WHERE id = 1").fetchone()
-        generation, sequence, order, total_cap = conn.execute(
-            "SELECT max(generation, (SELECT coalesce(max(generation), 0) FROM runs),"
-            " (SELECT coalesce(max(generation), 0) FROM entries)),"
-            " max(sequence, (SELECT coalesce(max(sequence), 0) FROM entries),"
-            " (SELECT coalesce(max(cleared_through), 0) FROM sessions)),"
-            " max(ord, (SELECT coalesce(max(max(live_order, finish_order)), 0) FROM runs)), total_cap"
-            " FROM meta WHERE id = 1"
-        ).fetchone()
+        generation, sequence, order, total_cap = self._meta_row
         self._generations.value = generation  # type: ignore[attr-defined]
         self._sequence = sequence
         self._order.value = order
         self._total_cap = total_cap
-        self._meta = (generation, sequence, order, total_cap)  # what the rows hold, not the meta row
+        self._meta = (generation, sequence, order, total_cap)
         sessions: dict[str, _Session] = {}
         self._session_rows = {}
         for name, cap, cleared in conn.execute("SELECT name, cap, cleared_through FROM sessions ORDER BY ord"):
@@ -1083,8 +1095,12 @@ class SqliteBackend(MemoryBackend):
             lock.release()
 
 
-def _split_key(key: Any) -> tuple[int, int]:
-    return (key, 0) if isinstance(key, int) else (key[0], key[1])
+def _live_last(item: tuple[_Run, Any]) -> bool:
+    return item[0].state.status in _LIVE
+
+
+def _run_live_last(run: _Run) -> bool:
+    return run.state.status in _LIVE
 
 
 def _session_view(session: _Session) -> tuple[int, builtins.list[tuple[Any, int, bool]]]:
