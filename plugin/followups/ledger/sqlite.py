@@ -66,7 +66,7 @@ SCHEMA_VERSION = 1
 _LIVE = frozenset({TaskStatus.QUEUED, TaskStatus.RUNNING})
 _HEARTBEAT_SECONDS = 5.0
 _RESERVE = 1024  # counter values reserved by one write of the meta row
-_DEFAULT_POLL_SECONDS = 0.05
+_DEFAULT_POLL_SECONDS = 0.02
 
 _SCHEMA_V1 = """
 CREATE TABLE meta (
@@ -368,9 +368,30 @@ def _tracked_types(tracker: _Tracker, order: _Counter) -> tuple[type[_Run], type
         if tracker.on and name in _STORED_SESSION_FIELDS:
             sessions.add(self)
 
+    def untracked_new(base: type[Any]) -> Any:
+        # A new object is written whole (it is a new key of a tracked dict): build it as the
+        # base class, without a hook per field, then give it the tracked class (same layout).
+        def __new__(cls: type[Any], *args: Any) -> Any:
+            obj = base(*args)
+            obj.__class__ = cls
+            return obj
+
+        return __new__
+
+    def no_init(self: Any, *args: Any) -> None:
+        pass
+
     run_type = type("_SqliteRun", (_Run,), {"__slots__": ("finish_order", "live_order"), "__setattr__": run_setattr, "__init__": run_init})
-    entry_type = type("_SqliteEntry", (_Entry,), {"__slots__": (), "__setattr__": entry_setattr})
-    lease_type = type("_SqliteLease", (_Lease,), {"__slots__": (), "__setattr__": lease_setattr})
+    entry_type = type(
+        "_SqliteEntry",
+        (_Entry,),
+        {"__slots__": (), "__setattr__": entry_setattr, "__new__": untracked_new(_Entry), "__init__": no_init},
+    )
+    lease_type = type(
+        "_SqliteLease",
+        (_Lease,),
+        {"__slots__": (), "__setattr__": lease_setattr, "__new__": untracked_new(_Lease), "__init__": no_init},
+    )
     session_type = type("_SqliteSession", (_Session,), {"__slots__": (), "__setattr__": session_setattr})
     return run_type, entry_type, lease_type, session_type
 
@@ -407,7 +428,8 @@ class _Transaction:
                 backend._rollback()
         finally:
             external = backend._external
-            backend._external = []
+            if external:
+                backend._external = []
             self._mutex.release()
         if external:
             backend._dispatch(external)
@@ -423,6 +445,7 @@ class _Transaction:
 # -- in-process neighbours --------------------------------------------------------------------------
 
 _neighbours: dict[Path, weakref.WeakSet[SqliteBackend]] = {}
+_neighbour_counts: dict[Path, int] = {}  # open backends by file, read without the lock
 _neighbours_lock = threading.Lock()
 
 
@@ -494,6 +517,7 @@ class SqliteBackend(MemoryBackend):
             self._conn = sqlite3.connect(
                 self.path, timeout=busy_timeout, isolation_level=None, check_same_thread=False
             )
+            self._cursor = self._conn.cursor()  # one cursor for the statements of operations
             self._conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout * 1000)}")
             mode = self._conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
             if str(mode).lower() != "wal":
@@ -507,8 +531,8 @@ class SqliteBackend(MemoryBackend):
             if side.exists():
                 os.chmod(side, 0o600)
         with _neighbours_lock:
-            self._neighbours = _neighbours.setdefault(self.path, weakref.WeakSet())
-            self._neighbours.add(self)
+            _neighbours.setdefault(self.path, weakref.WeakSet()).add(self)
+            _neighbour_counts[self.path] = _neighbour_counts.get(self.path, 0) + 1
 
     # -- schema -----------------------------------------------------------------------------------
 
@@ -545,7 +569,7 @@ class SqliteBackend(MemoryBackend):
     def _begin(self, reading: bool) -> None:
         if self._closed:
             raise BackendUnavailable("the backend is closed", where=self.url)
-        execute = self._conn.execute
+        execute = self._cursor.execute
         try:
             execute("BEGIN" if reading else "BEGIN IMMEDIATE")
         except sqlite3.Error as exc:
@@ -565,7 +589,7 @@ class SqliteBackend(MemoryBackend):
         tracker.on = False
         try:
             wrote = self._write()
-            self._conn.execute("COMMIT")
+            self._cursor.execute("COMMIT")
         except sqlite3.Error as exc:
             self._rollback()
             if reading:  # what a read changed is derived (expired leases): the answer stands
@@ -574,7 +598,7 @@ class SqliteBackend(MemoryBackend):
             raise self._fail("committing", exc) from exc
         finally:
             tracker.clear()
-        if wrote and len(self._neighbours) > 1:
+        if wrote and _neighbour_counts.get(self.path, 0) > 1:
             _nudge_neighbours(self)
 
     def _rollback(self) -> None:
@@ -601,7 +625,7 @@ class SqliteBackend(MemoryBackend):
             or tracker.sessions
         ) and meta == self._meta:
             return False
-        execute = self._conn.execute
+        execute = self._cursor.execute
         runs = self._runs
         sessions = self._sessions
         if tracker.sessions:
@@ -952,6 +976,11 @@ class SqliteBackend(MemoryBackend):
                 group.discard(self)
                 if not group:
                     del _neighbours[self.path]
+            left = _neighbour_counts.get(self.path, 1) - 1
+            if left > 0:
+                _neighbour_counts[self.path] = left
+            else:
+                _neighbour_counts.pop(self.path, None)
 
     def recover(self, *, now: float) -> int:
         effects: builtins.list[Effect] = []
