@@ -1059,7 +1059,7 @@ class SqliteBackend(MemoryBackend):
             effects.append(session.changed)
             count += 1
         if count:
-            logger.warning("recovered %d task(s) orphaned by stopped processes in %s", count, self.url)
+            logger.info("recovered %d task(s) orphaned by stopped processes in %s", count, self.url)
         return count
 
     # -- watching other processes -------------------------------------------------------------------------
