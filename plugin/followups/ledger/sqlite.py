@@ -643,15 +643,19 @@ class SqliteBackend(MemoryBackend):
                 if ref not in runs:
                     execute("DELETE FROM runs WHERE generation = ?", (ref.generation,))
         if run_fields:
-            updated = [
-                (run, fields) for run, fields in run_fields.items() if run.ref not in touched and runs.get(run.ref) is run
-            ]
-            if len(updated) > 1:  # finished runs first: a live name they held may now be another run's
-                updated.sort(key=_live_last)
+            if len(run_fields) == 1:
+                updated: Iterable[tuple[_Run, set[str]]] = run_fields.items()
+            else:  # finished runs first: a live name they held may now be another run's
+                updated = sorted(run_fields.items(), key=_live_last)
             for run, fields in updated:
-                columns = _update_columns(frozenset(fields))
-                if columns:
-                    execute(_update_run_sql(columns), _run_values(run, columns))
+                if run.ref in touched or runs.get(run.ref) is not run:
+                    continue
+                key = frozenset(fields)
+                sql = _run_sql_cache.get(key)
+                if sql is None:
+                    sql = _run_sql_cache[key] = _update_run_sql(_update_columns(key))
+                if sql:
+                    execute(sql, _run_values(run, _update_columns(key)))
         if touched:
             new = [runs[ref] for ref in touched if ref in runs]
             if new:
@@ -1188,7 +1192,13 @@ def _update_columns(fields: frozenset[str]) -> tuple[str, ...]:
     return columns
 
 
+_run_sql_cache: dict[frozenset[str], str] = {}
+
+
 def _update_run_sql(columns: tuple[str, ...]) -> str:
+    """The UPDATE of these columns of a run ("" for none)."""
+    if not columns:
+        return ""
     sql = _sql_cache.get(columns)
     if sql is None:
         sql = f"UPDATE runs SET {', '.join(f'{c} = ?' for c in columns)} WHERE generation = ?"
@@ -1251,7 +1261,9 @@ def _run_values(run: _Run, columns: tuple[str, ...]) -> tuple[Any, ...]:
     if getters is None:
         getters = tuple(_COLUMN_VALUE.get(column) or operator.attrgetter(column) for column in columns)
         _getters_cache[columns] = getters
-    return (*(getter(run) for getter in getters), run.ref.generation)
+    values = [getter(run) for getter in getters]
+    values.append(run.ref.generation)
+    return values  # type: ignore[return-value]
 
 
 _RUN_FIELDS = (
