@@ -517,6 +517,9 @@ class SqliteBackend(MemoryBackend):
             self._conn = sqlite3.connect(
                 self.path, timeout=busy_timeout, isolation_level=None, check_same_thread=False
             )
+        except sqlite3.Error as exc:
+            raise BackendUnavailable(f"could not open the database: {exc}", where=self.url) from exc
+        try:
             self._cursor = self._conn.cursor()  # one cursor for the statements of operations
             self._conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout * 1000)}")
             mode = self._conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
@@ -524,8 +527,11 @@ class SqliteBackend(MemoryBackend):
                 raise BackendUnavailable(f"could not switch {self.path} to WAL mode (got {mode!r})", where=self.url)
             self._conn.execute(f"PRAGMA synchronous = {synchronous.upper()}")
             self._migrate()
-        except sqlite3.Error as exc:
-            raise BackendUnavailable(f"could not open the database: {exc}", where=self.url) from exc
+        except BaseException as exc:
+            self._conn.close()
+            if isinstance(exc, sqlite3.Error):
+                raise BackendUnavailable(f"could not open the database: {exc}", where=self.url) from exc
+            raise
         for suffix in ("-wal", "-shm"):
             side = self.path.with_name(self.path.name + suffix)
             if side.exists():
