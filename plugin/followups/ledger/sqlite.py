@@ -281,11 +281,13 @@ class _TrackedDict(dict[Any, Any]):
 
     def __setitem__(self, key: Any, value: Any) -> None:
         dict.__setitem__(self, key, value)
-        self._note(key)
+        if self.tracker.on:
+            self.touched.add(key if self.tag is None else (self.tag, key))
 
     def __delitem__(self, key: Any) -> None:
         dict.__delitem__(self, key)
-        self._note(key)
+        if self.tracker.on:
+            self.touched.add(key if self.tag is None else (self.tag, key))
 
     def pop(self, key: Any, *default: Any) -> Any:
         if key in self:
@@ -403,21 +405,17 @@ class _Transaction:
     def __init__(self, backend: SqliteBackend) -> None:
         self._backend = backend
         self._mutex = threading.Lock()
-        self._local = threading.local()
+        self.readers: set[int] = set()  # threads inside a read operation
         self._reading = False  # the current transaction's kind, set while the mutex is held
 
     def __enter__(self) -> None:
         self._mutex.acquire()
         try:
-            self._reading = reading = getattr(self._local, "reading", False)
+            self._reading = reading = bool(self.readers) and threading.get_ident() in self.readers
             self._backend._begin(reading)
         except BaseException:
             self._mutex.release()
             raise
-
-    @property
-    def reading(self) -> bool:
-        return getattr(self._local, "reading", False)
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
         backend = self._backend
@@ -872,12 +870,13 @@ class SqliteBackend(MemoryBackend):
     # -- reads: a deferred transaction, which a writer of another process does not block ---------------
 
     def _read(self, fn: Callable[..., _T], *args: Any, **kwargs: Any) -> _T:
-        local = self._lock._local  # type: ignore[attr-defined]
-        local.reading = True
+        readers = self._lock.readers  # type: ignore[attr-defined]
+        me = threading.get_ident()
+        readers.add(me)
         try:
             return fn(*args, **kwargs)
         finally:
-            local.reading = False
+            readers.discard(me)
 
     def get(self, session: str, key: str) -> BackgroundTask | None:
         return self._read(super().get, session, key)
