@@ -74,6 +74,19 @@ def main(argv: list[str]) -> int:
         out("done")
         store.close()
         return 0
+    elif scenario == "send":
+        # a message into a task another process runs, then its cancel
+        target, message = rest
+        session.send(target, message)
+        out("done")
+        store.close()
+        return 0
+    elif scenario == "cancel":
+        for task_id in rest:
+            session.cancel(task_id)
+        out("done")
+        store.close()
+        return 0
     elif scenario == "notify":
         # report results for tasks another process registered
         for task_id in rest:

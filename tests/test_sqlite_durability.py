@@ -13,12 +13,14 @@ import subprocess
 import sys
 import time
 from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import trio
+import trio.testing
 
-from followups import BackgroundStore, FollowupSettings, TaskState, TaskStatus
+from followups import BackgroundStore, FollowupSettings, SubagentPool, TaskContext, TaskState, TaskStatus
 
 CHILD = Path(__file__).with_name("sqlite_child.py")
 TIMEOUT = 30.0
@@ -26,6 +28,8 @@ TIMEOUT = 30.0
 
 class Child:
     """A child process running one scenario of ``sqlite_child.py``, read line by line."""
+
+    running: list[Child] = []
 
     def __init__(self, scenario: str, url: str, relay_dir: Path, *args: str) -> None:
         self.proc = subprocess.Popen(
@@ -36,6 +40,7 @@ class Child:
             bufsize=1,
         )
         self.lines: list[str] = []
+        Child.running.append(self)
 
     def readline(self, deadline: float) -> str | None:
         assert self.proc.stdout is not None
@@ -82,6 +87,18 @@ class Child:
         for stream in (self.proc.stdout, self.proc.stderr):
             if stream is not None:
                 stream.close()
+        if self in Child.running:
+            Child.running.remove(self)
+
+
+@pytest.fixture(autouse=True)
+def _no_child_outlives_its_test() -> Iterator[None]:
+    yield
+    for child in list(Child.running):
+        if child.proc.poll() is None:
+            child.proc.kill()
+        child.proc.wait(timeout=TIMEOUT)
+        child.close()
 
     def ids(self, prefix: str) -> list[str]:
         found: list[str] = []
@@ -246,6 +263,36 @@ async def test_a_waiter_wakes_when_another_process_finishes_its_task(db_url: str
         [notification] = session.drain_notifications()
         assert notification.state == TaskState.completed("finished elsewhere: remote")
         await trio.to_thread.run_sync(child.finish)
+
+
+@pytest.mark.trio
+async def test_a_message_and_a_cancel_from_another_process_reach_this_processs_subagents(
+    db_url: str, tmp_path: Path
+) -> None:
+    async def steerable(ctx: TaskContext) -> str:
+        return f"got: {await ctx.inbox.receive()}"
+
+    async def forever() -> str:
+        await trio.sleep_forever()
+        return "never"
+
+    with BackgroundStore.open(db_url, settings_for(tmp_path)) as store:
+        session = store.session("conv-42")
+        async with SubagentPool(session, close="wait") as pool:
+            steered = pool.spawn(steerable, name="steerable")
+            stuck = pool.spawn(forever)
+            await trio.testing.wait_all_tasks_blocked()
+            sender = Child("send", db_url, tmp_path / "relay", "steerable", "use the staging database")
+            canceller = Child("cancel", db_url, tmp_path / "relay", stuck)
+            with trio.fail_after(TIMEOUT):
+                while session.live_count():
+                    await session.wait_for_change()
+            await trio.to_thread.run_sync(sender.finish)
+            await trio.to_thread.run_sync(canceller.finish)
+        assert session.get(steered).state == TaskState.completed("got: use the staging database")  # type: ignore[union-attr]
+        record = session.get(stuck)
+        assert record is not None and record.state.status is TaskStatus.CANCELLED
+        assert record.cancel_requested_by == "user"
 
 
 def test_a_database_file_and_its_directories_are_private_whatever_the_umask(tmp_path: Path) -> None:
