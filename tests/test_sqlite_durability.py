@@ -4,6 +4,7 @@ sound database file."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 import select
@@ -91,6 +92,14 @@ class Child:
             Child.running.remove(self)
 
 
+    def ids(self, prefix: str) -> list[str]:
+        found: list[str] = []
+        for line in self.lines:
+            if line.startswith(prefix + " "):
+                found.extend(line.split(" ", 1)[1].split(","))
+        return found
+
+
 @pytest.fixture(autouse=True)
 def _no_child_outlives_its_test() -> Iterator[None]:
     yield
@@ -99,13 +108,6 @@ def _no_child_outlives_its_test() -> Iterator[None]:
             child.proc.kill()
         child.proc.wait(timeout=TIMEOUT)
         child.close()
-
-    def ids(self, prefix: str) -> list[str]:
-        found: list[str] = []
-        for line in self.lines:
-            if line.startswith(prefix + " "):
-                found.extend(line.split(" ", 1)[1].split(","))
-        return found
 
 
 @pytest.fixture
@@ -119,7 +121,7 @@ def settings_for(tmp_path: Path, **overrides: object) -> FollowupSettings:
 
 def integrity(url: str) -> str:
     path = url.removeprefix("sqlite:///")
-    with sqlite3.connect(path) as conn:
+    with contextlib.closing(sqlite3.connect(path)) as conn:
         return str(conn.execute("PRAGMA integrity_check").fetchone()[0])
 
 
