@@ -106,3 +106,14 @@ def test_a_closed_backend_says_so(tmp_path: Path) -> None:
     store.close()
     with pytest.raises(BackendUnavailable, match="closed"):
         BackgroundStore(settings_for(tmp_path), backend=backend)
+
+
+def test_the_store_settings_are_validated_naming_the_field() -> None:
+    from pydantic import ValidationError
+
+    for bad in (-1, True):
+        with pytest.raises(ValidationError, match="sqlite_busy_timeout_seconds"):
+            FollowupSettings(sqlite_busy_timeout_seconds=bad)
+    assert FollowupSettings(store_url="sqlite:///x.db").store_url == "sqlite:///x.db"
+    with pytest.raises(ValueError, match="names no known backend"):
+        BackgroundStore.open(settings=FollowupSettings(store_url="nosuch://x"))
