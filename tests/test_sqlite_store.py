@@ -42,14 +42,14 @@ def test_open_picks_the_url_then_the_setting_then_the_environment(tmp_path: Path
         assert store.backend.path == from_env  # type: ignore[attr-defined]
     monkeypatch.delenv("FOLLOWUPS_STORE_URL")
     with BackgroundStore.open(settings=settings_for(tmp_path)) as store:
-        assert isinstance(store.backend, MemoryBackend)
+        assert type(store.backend) is MemoryBackend
     assert resolve_store_url(None, FollowupSettings()) == "memory://"
 
 
 def test_a_plain_store_keeps_the_memory_backend(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setenv("FOLLOWUPS_STORE_URL", f"sqlite:///{tmp_path / 'env.db'}")
     store = BackgroundStore(settings_for(tmp_path))
-    assert isinstance(store.backend, MemoryBackend)
+    assert type(store.backend) is MemoryBackend
     store.close()
     assert not (tmp_path / "env.db").exists()
 
