@@ -117,3 +117,35 @@ def test_the_store_settings_are_validated_naming_the_field() -> None:
     assert FollowupSettings(store_url="sqlite:///x.db").store_url == "sqlite:///x.db"
     with pytest.raises(ValueError, match="names no known backend"):
         BackgroundStore.open(settings=FollowupSettings(store_url="nosuch://x"))
+
+
+async def test_a_pool_on_a_full_durability_store_runs_its_calls_off_the_loop(tmp_path: Path) -> None:
+    import threading
+
+    import trio
+
+    from followups import SubagentPool
+
+    loop_thread = threading.get_ident()
+    settings = settings_for(tmp_path, durability="full")
+    with BackgroundStore.open(f"sqlite:///{tmp_path / 'full.db'}", settings) as store:
+        backend = store.backend
+        assert isinstance(backend, SqliteBackend) and backend.blocking
+        threads: set[int] = set()
+        finish = backend.finish
+
+        def spying_finish(*args: object, **kwargs: object) -> bool:
+            threads.add(threading.get_ident())
+            return finish(*args, **kwargs)  # type: ignore[arg-type]
+
+        backend.finish = spying_finish  # type: ignore[method-assign]
+
+        async def work(n: int) -> str:
+            await trio.sleep(0)
+            return f"result {n}"
+
+        async with SubagentPool(store, close="wait") as pool:
+            for n in range(3):
+                pool.spawn(work, n, task_id=f"t{n}")
+        assert sorted(n.state.text for n in store.drain_notifications()) == ["result 0", "result 1", "result 2"]
+        assert threads and loop_thread not in threads
