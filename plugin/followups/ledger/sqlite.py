@@ -241,12 +241,6 @@ class _Tracker:
         self.leases_touched: set[str] = set()
         self.pending_touched: set[tuple[str, Any]] = set()
 
-    def any(self) -> bool:
-        return bool(
-            self.runs or self.entries or self.leases or self.sessions or self.runs_touched
-            or self.leases_touched or self.pending_touched
-        )
-
     def clear(self) -> None:
         if self.runs:
             self.runs.clear()
@@ -492,8 +486,10 @@ class SqliteBackend(MemoryBackend):
         self._tracker = _Tracker()
         self._order = _Counter()
         self._run_type, self._entry_type, self._lease_type, self._session_type = _tracked_types(self._tracker, self._order)
-        self._generations = _Counter()  # type: ignore[assignment]
-        self._lock = _Transaction(self)  # type: ignore[assignment]
+        self._gen = _Counter()
+        self._generations = self._gen  # type: ignore[assignment]  # the reference's counter, persisted
+        self._tx = _Transaction(self)
+        self._lock = self._tx  # type: ignore[assignment]  # every reference operation is a transaction
         self._external: list[Effect] = []
         self._stale = True
         self._data_version = -1
@@ -619,7 +615,7 @@ class SqliteBackend(MemoryBackend):
 
     def _write(self) -> bool:
         tracker = self._tracker
-        meta = (self._generations.value, self._sequence, self._order.value, self._total_cap)  # type: ignore[attr-defined]
+        meta = (self._gen.value, self._sequence, self._order.value, self._total_cap)
         run_fields = tracker.runs
         entry_fields = tracker.entries
         touched = tracker.runs_touched
@@ -722,7 +718,7 @@ class SqliteBackend(MemoryBackend):
         # counters continue from the reserved ceilings: a value below one may have been used
         self._meta_row = conn.execute("SELECT generation, sequence, ord, total_cap FROM meta WHERE id = 1").fetchone()
         generation, sequence, order, total_cap = self._meta_row
-        self._generations.value = generation  # type: ignore[attr-defined]
+        self._gen.value = generation
         self._sequence = sequence
         self._order.value = order
         self._total_cap = total_cap
@@ -870,7 +866,7 @@ class SqliteBackend(MemoryBackend):
     # -- reads: a deferred transaction, which a writer of another process does not block ---------------
 
     def _read(self, fn: Callable[..., _T], *args: Any, **kwargs: Any) -> _T:
-        readers = self._lock.readers  # type: ignore[attr-defined]
+        readers = self._tx.readers
         me = threading.get_ident()
         readers.add(me)
         try:
@@ -973,12 +969,12 @@ class SqliteBackend(MemoryBackend):
         watcher = self._watcher
         if watcher is not None and watcher is not threading.current_thread():
             watcher.join(timeout=5)
-        self._lock.acquire()  # type: ignore[attr-defined]
+        self._tx.acquire()
         try:
             self._listeners.clear()
             self._conn.close()
         finally:
-            self._lock.release()  # type: ignore[attr-defined]
+            self._tx.release()
         with _neighbours_lock:
             group = _neighbours.get(self.path)
             if group is not None:
@@ -1090,7 +1086,7 @@ class SqliteBackend(MemoryBackend):
                 logger.debug("watching %s failed; trying again", self.url, exc_info=True)
 
     def _poll(self) -> None:
-        lock: Any = self._lock
+        lock = self._tx
         effects: list[Effect] = []
         lock.acquire()
         try:
@@ -1125,7 +1121,7 @@ class SqliteBackend(MemoryBackend):
 
     def integrity_check(self) -> str:
         """``PRAGMA integrity_check``: ``"ok"`` for a sound database file."""
-        lock: Any = self._lock
+        lock = self._tx
         lock.acquire()
         try:
             return "\n".join(str(row[0]) for row in self._conn.execute("PRAGMA integrity_check"))
@@ -1261,14 +1257,14 @@ def _entry_values(entry: _Entry, columns: tuple[str, ...]) -> tuple[Any, ...]:
 _getters_cache: dict[tuple[str, ...], tuple[Callable[[Any], Any], ...]] = {}
 
 
-def _run_values(run: _Run, columns: tuple[str, ...]) -> tuple[Any, ...]:
+def _run_values(run: _Run, columns: tuple[str, ...]) -> list[Any]:
     getters = _getters_cache.get(columns)
     if getters is None:
         getters = tuple(_COLUMN_VALUE.get(column) or operator.attrgetter(column) for column in columns)
         _getters_cache[columns] = getters
     values = [getter(run) for getter in getters]
     values.append(run.ref.generation)
-    return values  # type: ignore[return-value]
+    return values
 
 
 _RUN_FIELDS = (
