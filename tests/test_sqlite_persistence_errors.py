@@ -162,3 +162,43 @@ def test_a_full_disk_keeps_the_report_until_there_is_room(small_tmpfs: Path, tmp
         assert [n.state.text for n in store.drain_notifications()] == [big]
     with contextlib.closing(sqlite3.connect(path)) as conn:
         assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+
+
+def test_the_command_line_shows_what_another_process_could_not_commit(tmp_path: Path) -> None:
+    import json
+    import sys
+
+    from followups.ledger import BackendUnavailable
+
+    path = tmp_path / "followups.db"
+    url = f"sqlite:///{path}"
+    with BackgroundStore.open(url, settings_for(tmp_path)) as store:
+        store.insert("t1")
+        backend = store.backend
+        real_finish = backend.finish
+
+        def failing_finish(*args: object, **kwargs: object) -> bool:
+            raise BackendUnavailable("disk I/O error", where=url)
+
+        backend.finish = failing_finish  # type: ignore[method-assign]
+        assert store.notify("t1", TaskState.completed("kept")) is True
+        result = subprocess.run(
+            [sys.executable, "-m", "followups", "tasks", "--store", url, "--json"],
+            capture_output=True,
+            text=True,
+            timeout=TIMEOUT,
+        )
+        assert result.returncode == 0, result.stderr
+        [task] = json.loads(result.stdout)
+        assert task["id"] == "t1" and task["status"] == "completed"
+        assert task["persistence_error"].startswith("disk I/O error")
+        backend.finish = real_finish  # type: ignore[method-assign]
+        assert store.get("t1").persistence_error is None  # type: ignore[union-attr]
+        result = subprocess.run(
+            [sys.executable, "-m", "followups", "tasks", "--store", url, "--json"],
+            capture_output=True,
+            text=True,
+            timeout=TIMEOUT,
+        )
+        [task] = json.loads(result.stdout)
+        assert task["status"] == "completed" and task["persistence_error"] is None

@@ -24,10 +24,10 @@ from collections.abc import Sequence
 from typing import Any, TextIO
 
 from .errors import FollowupsError
-from .ledger import STORE_URL_VARIABLE
+from .ledger import STORE_URL_VARIABLE, BackendUnavailable
 from .ledger.sqlite import default_store_path, sqlite_path
 from .settings import FollowupSettings
-from .state import BackgroundTask, TaskStatus
+from .state import BackgroundTask, TaskState, TaskStatus
 from .store import BackgroundStore
 
 __all__ = ["add_parser", "run"]
@@ -111,35 +111,47 @@ def run(args: argparse.Namespace, out: TextIO | None = None, err: TextIO | None 
     except CommandError as exc:
         err.write(f"followups tasks: {exc}\n")
         return 1
-    except (FollowupsError, ValueError, OSError) as exc:
+    except (FollowupsError, BackendUnavailable, ValueError, OSError) as exc:
         err.write(f"followups tasks: {exc}\n")
         return 1
     return 0
 
 
 def _tasks(store: BackgroundStore, session: str | None) -> list[BackgroundTask]:
-    return store.list_all(session=session)
+    """The store's tasks, with what their owning processes could not commit yet."""
+    tasks = store.list_all(session=session)
+    unpersisted = getattr(store.backend, "unpersisted", None)
+    kept = unpersisted() if unpersisted is not None else {}
+    if not kept:
+        return tasks
+    shown = []
+    for task in tasks:
+        found = kept.get((task.origin_session or task.session, task.id, task.generation))
+        if found is not None:
+            status, error = found
+            task = dataclasses.replace(task, state=TaskState(TaskStatus(status), task.state.text), persistence_error=error)
+        shown.append(task)
+    return shown
 
 
 def _find(store: BackgroundStore, args: argparse.Namespace) -> BackgroundTask:
     key = args.id
-    if args.session is not None:
-        found = store.session(args.session).get(key)
-        if found is None:
-            raise CommandError(f"no task {key!r} in session {args.session!r} of {store.backend.url}")
-        return found
-    matches = [task for task in _tasks(store, None) if task.id == key] or [
-        task for task in _tasks(store, None) if task.name == key
-    ]
+    tasks = _tasks(store, args.session)
+    matches = [task for task in tasks if task.id == key] or [task for task in tasks if task.name == key]
+    if not matches and args.session is not None:
+        raise CommandError(f"no task {key!r} in session {args.session!r} of {store.backend.url}")
     if not matches:
         raise CommandError(f"no task {key!r} in {store.backend.url}")
     sessions = sorted({task.session for task in matches})
     if len(sessions) > 1:
         raise CommandError(f"task {key!r} is in several sessions ({', '.join(sessions)}); pass --session")
-    found = store.session(sessions[0]).get(key)
-    if found is None:
-        raise CommandError(f"no task {key!r} in {store.backend.url}")
-    return found
+    return matches[0] if len(matches) == 1 else _pick(matches, key)
+
+
+def _pick(matches: list[BackgroundTask], key: str) -> BackgroundTask:
+    """Of several tasks of one session named ``key``, the live one, else the most recent."""
+    live = [task for task in matches if task.is_live]
+    return live[0] if live else max(matches, key=lambda task: task.generation)
 
 
 def as_json(task: BackgroundTask) -> dict[str, Any]:

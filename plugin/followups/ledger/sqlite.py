@@ -45,7 +45,7 @@ import sqlite3
 import threading
 import time
 import weakref
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from types import TracebackType
 from typing import Any, TypeVar
@@ -1032,6 +1032,7 @@ class SqliteBackend(MemoryBackend):
             conn.executemany("DELETE FROM epochs WHERE id = ?", [(epoch,) for epoch in gone])
             for epoch in gone:
                 (self._locks_dir / f"{epoch}.lock").unlink(missing_ok=True)
+                (self._locks_dir / f"{epoch}.unsaved.json").unlink(missing_ok=True)
         return gone
 
     def _epoch_alive(self, epoch: str) -> bool:
@@ -1116,6 +1117,45 @@ class SqliteBackend(MemoryBackend):
             lock.release()
         if effects:
             self._dispatch(effects)
+
+    # -- reports not yet committed, for other processes to see --------------------------------------------
+
+    def note_unpersisted(self, epoch: str, errors: Mapping[RunRef, tuple[str, str]]) -> None:
+        """Record, next to the database, the reports the store of ``epoch`` keeps in memory
+        because it could not commit them: ``{ref: (status, error)}``, an empty mapping when it
+        has none left. A small file write that works while the database is locked; best
+        effort on a full disk. :meth:`unpersisted` reads it from any process."""
+        path = self._locks_dir / f"{epoch}.unsaved.json"
+        if not errors:
+            path.unlink(missing_ok=True)
+            return
+        data = [
+            {"session": ref.session, "task_id": ref.task_id, "generation": ref.generation, "status": status, "error": error}
+            for ref, (status, error) in errors.items()
+        ]
+        temporary = path.with_name(path.name + f".{os.getpid()}.tmp")
+        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+        try:
+            os.write(fd, json.dumps(data).encode())
+        finally:
+            os.close(fd)
+        os.replace(temporary, path)
+
+    def unpersisted(self) -> dict[tuple[str, str, int], tuple[str, str]]:
+        """The reports live processes keep in memory uncommitted, by (origin session, task id,
+        generation): ``(status, error)``."""
+        found: dict[tuple[str, str, int], tuple[str, str]] = {}
+        for path in self._locks_dir.glob("*.unsaved.json"):
+            epoch = path.name.removesuffix(".unsaved.json")
+            if epoch not in self._epoch_locks and not self._epoch_alive(epoch):
+                continue
+            try:
+                items = json.loads(path.read_text())
+            except (OSError, ValueError):
+                continue
+            for item in items:
+                found[(item["session"], item["task_id"], int(item["generation"]))] = (item["status"], item["error"])
+        return found
 
     # -- maintenance helpers --------------------------------------------------------------------------------
 
