@@ -377,7 +377,11 @@ def _tracked_types(tracker: _Tracker, order: _Counter) -> tuple[type[_Run], type
     def no_init(self: Any, *args: Any) -> None:
         pass
 
-    run_type = type("_SqliteRun", (_Run,), {"__slots__": ("finish_order", "live_order"), "__setattr__": run_setattr, "__init__": run_init})
+    run_type = type(
+        "_SqliteRun",
+        (_Run,),
+        {"__slots__": ("finish_order", "live_order"), "__setattr__": run_setattr, "__init__": run_init, "_tracker": tracker},
+    )
     entry_type = type(
         "_SqliteEntry",
         (_Entry,),
@@ -1314,22 +1318,56 @@ _RUN_FIELDS = (
 )
 
 
+_STATES: dict[tuple[str, str], TaskState] = {}
+
+
+def _state(status: str, text: str) -> TaskState:
+    """A run's state from its columns; the states without a text are shared."""
+    if text:
+        return TaskState(TaskStatus(status), text)
+    state = _STATES.get((status, text))
+    if state is None:
+        state = _STATES[(status, text)] = TaskState(TaskStatus(status), text)
+    return state
+
+
 def _run_from_row(run_type: type[_Run], row: tuple[Any, ...]) -> _Run:
     (generation, origin, task_id, session, status, text, description, kind, name, parent, close_policy, epoch,
      capped, has_inbox, created_at, started_at, finished_at, progress, progress_at, cancel_by, cancel_reason,
      sealed, digest, relay_path, version, questions, inbox, inbox_closed, live_order, finish_order) = row
     run = object.__new__(run_type)
     values = (
-        session, TaskState(TaskStatus(status), text), description, kind, name, parent, close_policy, epoch,
+        session, _state(status, text), description, kind, name, parent, close_policy, epoch,
         bool(capped), bool(has_inbox), created_at, started_at, finished_at, progress, progress_at, cancel_by,
-        cancel_reason, bool(sealed), digest, relay_path, version, questions, json.loads(inbox), bool(inbox_closed),
-        live_order, finish_order,
+        cancel_reason, bool(sealed), digest, relay_path, version, questions,
+        _TrackedList(json.loads(inbox) if inbox != "[]" else (), run, _tracker_of(run_type)), bool(inbox_closed),
+        live_order, finish_order, RunRef(origin, task_id, generation), 0,
     )
-    for field, value in zip(_RUN_FIELDS, values, strict=True):
-        setattr(run, field, value)  # the tracker is off while loading
-    run.ref = RunRef(origin, task_id, generation)
-    run.pending_entries = 0
+    for setter, value in zip(_run_setters(run_type), values, strict=True):
+        setter(run, value)  # the slots themselves: no change is noted while loading
     return run
+
+
+def _run_setters(run_type: type[_Run]) -> tuple[Callable[[Any, Any], None], ...]:
+    """The slot setters of the fields a row fills, in ``_run_from_row``'s order (kept on the
+    class, which belongs to one backend)."""
+    setters: tuple[Callable[[Any, Any], None], ...] | None = vars(run_type).get("_setters")
+    if setters is None:
+        fields = (*_RUN_FIELDS, "ref", "pending_entries")
+        setters = tuple(_slot(run_type, field).__set__ for field in fields)
+        type.__setattr__(run_type, "_setters", setters)
+    return setters
+
+
+def _slot(cls: type[Any], name: str) -> Any:
+    for klass in cls.__mro__:
+        if name in vars(klass):
+            return vars(klass)[name]
+    raise AttributeError(name)
+
+
+def _tracker_of(run_type: type[_Run]) -> _Tracker:
+    return run_type._tracker  # type: ignore[attr-defined,no-any-return]
 
 
 def _entry_row(entry: _Entry) -> tuple[Any, ...]:
