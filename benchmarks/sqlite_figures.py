@@ -12,7 +12,10 @@
 2. ``sqlite operation latency`` -- the median time of one ``finish``, ``lease`` and
    ``confirm`` at NORMAL, in microseconds: what an event loop waits when it calls the backend
    inline (``blocking = False`` at NORMAL). Reported, no target.
-3. ``sqlite cross-process wake-up`` -- a trio waiter in this process
+3. ``sqlite reload`` -- how long the first operation after another process's commit takes,
+   for a store of 100 and of 1,000 records (half finished and pending): the backend rebuilds
+   its mirror from the file. Reported, no target.
+4. ``sqlite cross-process wake-up`` -- a trio waiter in this process
    (``wait_for_notification``) on a task a child process finishes: from the moment the child is
    told to report to the moment the waiter returns, median of R rounds. It includes the child's
    transaction and the watcher's ``PRAGMA data_version`` poll (every 20 ms). Reported, no target.
@@ -229,6 +232,43 @@ def _wake_latencies(directory: Path, rounds: int) -> list[float]:
     return latencies
 
 
+def _reload_times(directory: Path, sizes: Sequence[int], rounds: int) -> list[tuple[int, float]]:
+    """Seconds one backend takes to see another's commit, for stores of ``sizes`` records (half
+    of them finished with a pending notification): the mirror is rebuilt from the file."""
+    results: list[tuple[int, float]] = []
+    state = TaskState.completed("small result")
+    digest = report_digest(state)
+    for size in sizes:
+        path = directory / f"reload-{size}.db"
+        writer = SqliteBackend(path)
+        reader = SqliteBackend(path)
+        epoch = writer.connect(_Listener(), now=0.0)
+        reader.connect(_Listener(), now=0.0)
+        for index in range(size):
+            admission = writer.create(
+                CreateRequest(session=f"s{index % 10}", task_id=f"t{index}", epoch=epoch, now=0.0, capacity=size, max_pending=size)
+            )
+            if index % 2:
+                writer.finish(admission.ref, FinishReport(state, digest, 1.0))
+        times = []
+        for _ in range(rounds):
+            # what the first operation after another connection's commit does (timed directly:
+            # the reader's own watcher would otherwise do it in the background first)
+            reader._tx.acquire()
+            try:
+                started = time.perf_counter()
+                reader._conn.execute("BEGIN")
+                reader._load()
+                reader._conn.execute("COMMIT")
+                times.append(time.perf_counter() - started)
+            finally:
+                reader._tx.release()
+        results.append((size, statistics.median(times)))
+        writer.close()
+        reader.close()
+    return results
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
     parser.add_argument("--quick", action="store_true", help="smaller sizes, fewer rounds")
@@ -263,6 +303,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                 f"{label} {statistics.median(values) * 1e6:.0f} us (p99 {values[int(len(values) * 0.99)] * 1e6:.0f} us)"
                 for label, values in (("finish", finish), ("lease", lease), ("confirm", confirm))
             )
+        )
+        reloads = _reload_times(directory, (100, 1000), 5 if args.quick else 11)
+        print(
+            "sqlite reload after another process's commit: "
+            + ", ".join(f"{size} records {seconds * 1e3:.1f} ms" for size, seconds in reloads)
         )
         latencies = _wake_latencies(directory, 10 if args.quick else 30)
         print(
