@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import builtins
 
-import fcntl
 import json
 import logging
 import operator
@@ -50,11 +49,16 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, TypeVar
 
-_T = TypeVar("_T")
+try:
+    import fcntl
+except ImportError:  # not POSIX: the store cannot tell a live process's epoch from a stopped one's
+    fcntl = None  # type: ignore[assignment]
 
 from ..state import BackgroundTask, LeaseInfo, RunRef, TaskFinished, TaskNotification, TaskRegistered, TaskState, TaskStatus
 from .memory import MemoryBackend, _Entry, _Lease, _notification, _Run, _Session
 from .protocol import BackendUnavailable, Effect, LedgerListener, RunAction, SessionChanged, SessionCounts
+
+_T = TypeVar("_T")
 
 __all__ = ["SCHEMA_VERSION", "SqliteBackend", "default_store_path", "sqlite_path"]
 
@@ -475,6 +479,8 @@ class SqliteBackend(MemoryBackend):
         reload_every_operation: bool = False,
     ) -> None:
         super().__init__()
+        if fcntl is None:
+            raise BackendUnavailable("a SQLite store needs fcntl.flock, which this platform lacks", where=f"sqlite:///{path}")
         if synchronous.upper() not in ("NORMAL", "FULL"):
             raise ValueError(f"synchronous must be 'NORMAL' or 'FULL', got {synchronous!r}")
         if busy_timeout < 0:
