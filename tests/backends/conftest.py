@@ -41,7 +41,20 @@ def sqlite_backend(
     return SqliteBackend(path, busy_timeout=settings.sqlite_busy_timeout_seconds, reload_every_operation=reload)
 
 
-BACKENDS: dict[str, BackendFactory] = {"memory": memory_backend, "sqlite": sqlite_backend}
+def sqlite_cached_backend(
+    tmp_path: Path, settings: FollowupSettings, like: LedgerBackend | None, request: pytest.FixtureRequest
+) -> LedgerBackend:
+    """The SQLite backend as applications get it: the mirror reloads only when another
+    connection committed."""
+    path = like.path if isinstance(like, SqliteBackend) else tmp_path / "ledger" / f"followups-{uuid.uuid4().hex[:8]}.db"
+    return SqliteBackend(path, busy_timeout=settings.sqlite_busy_timeout_seconds)
+
+
+BACKENDS: dict[str, BackendFactory] = {
+    "memory": memory_backend,
+    "sqlite": sqlite_backend,
+    "sqlite-cached": sqlite_cached_backend,
+}
 
 
 @pytest.fixture(params=sorted(BACKENDS))
