@@ -64,3 +64,15 @@ def test_task_model_example_keeps_conversations_apart_and_cancels_a_tree(run_exa
     assert "[task t1] completed: found 3 reports about lost notifications" in out
     assert "progress of t1: searching the issue tracker" in out
     assert "after the transfer, alice receives: ['summary']" in out
+
+
+def test_a_durable_session_survives_a_kill_and_delivers_once(run_example: Callable[[str], str]) -> None:
+    out = run_example("durable_session.py")
+    pid = re.search(r"first process \(pid (\d+)\): lint finished, tests running; killed now", out)
+    assert pid is not None
+    assert "first process ended by signal 9" in out
+    assert "record lint: completed\nrecord tests: failed\n" in out
+    assert "[task lint] completed: lint: no problems found\n" in out
+    assert f"[task tests] failed: orphaned: the process running it stopped (pid {pid.group(1)}, last seen " in out
+    assert out.count("<system-reminder>") == 1
+    assert out.rstrip().endswith("pending after the delivery: 0")

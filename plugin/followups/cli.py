@@ -1,4 +1,4 @@
-"""The ``followups`` command line: ``followups demo``."""
+"""The ``followups`` command line: ``followups demo`` and ``followups tasks``."""
 
 from __future__ import annotations
 
@@ -7,8 +7,10 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from . import tasks_cli
 from .demo import DemoOptions, run_demo
 from .errors import FollowupsError
+from .ledger.sqlite import default_store_path
 
 __all__ = ["main"]
 
@@ -49,17 +51,32 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument(
         "--relay-dir", type=Path, metavar="DIR", help="where relayed outputs go (default: a new temporary directory)"
     )
+    demo.add_argument(
+        "--store",
+        metavar="URL",
+        help=(
+            "run on this store: sqlite:///relative.db, sqlite:////absolute.db, or 'durable' for the per-user "
+            f"database ({default_store_path()}); default: in memory"
+        ),
+    )
+    tasks_cli.add_parser(commands)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.command == "tasks":
+        return tasks_cli.run(args)
+    store_url = args.store
+    if store_url == "durable":
+        store_url = f"sqlite:///{default_store_path()}"
     options = DemoOptions(
         max_concurrent=args.max_concurrent,
         subagents=args.subagents,
         backend=args.backend,
         template_dir=args.template_dir,
         relay_dir=args.relay_dir.resolve() if args.relay_dir else None,
+        store_url=store_url,
     )
     try:
         run_demo(options, sys.stdout)

@@ -252,6 +252,7 @@ class KeptReports:
             if self._thread is None and not self._stopped:
                 self._thread = threading.Thread(target=self._retry_loop, name="followups-retry", daemon=True)
                 self._thread.start()
+        self._publish()
 
     def lookup(self, ref: RunRef) -> tuple[FinishReport, str] | None:
         with self._lock:
@@ -266,18 +267,37 @@ class KeptReports:
         with self._lock:
             items = list(self._kept.items())
         backend = self._core.backend
-        for ref, (report, _) in items:
-            try:
-                backend.finish(ref, report)
-            except BackendUnavailable as exc:
+        committed = False
+        try:
+            for ref, (report, _) in items:
+                try:
+                    backend.finish(ref, report)
+                except BackendUnavailable as exc:
+                    with self._lock:
+                        if ref in self._kept:
+                            self._kept[ref] = (report, f"{exc} (at {exc.where}); retrying")
+                    return False
                 with self._lock:
-                    if ref in self._kept:
-                        self._kept[ref] = (report, f"{exc} (at {exc.where}); retrying")
-                return False
-            with self._lock:
-                if self._kept.get(ref, (None,))[0] is report:
-                    del self._kept[ref]
-        return not self._kept
+                    if self._kept.get(ref, (None,))[0] is report:
+                        del self._kept[ref]
+                        committed = True
+            return not self._kept
+        finally:
+            if committed:
+                self._publish()
+
+    def _publish(self) -> None:
+        """Tell a backend that shows other processes what this one could not commit yet (the
+        SQLite backend's ``note_unpersisted``) the current set. Never raises."""
+        note = getattr(self._core.backend, "note_unpersisted", None)
+        if note is None:
+            return
+        with self._lock:
+            errors = {ref: (report.state.status.value, error) for ref, (report, error) in self._kept.items()}
+        try:
+            note(self._core.epoch, errors)
+        except Exception:
+            logger.debug("could not publish the reports not yet committed", exc_info=True)
 
     def _retry_loop(self) -> None:
         delay = _RETRY_FIRST_SECONDS

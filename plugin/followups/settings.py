@@ -29,6 +29,7 @@ _NUMBER_FIELDS = (
     "delivery_lease_seconds",
     "stall_after_seconds",
     "inbox_max_messages",
+    "sqlite_busy_timeout_seconds",
 )
 
 
@@ -97,7 +98,11 @@ class FollowupSettings(BaseModel):
     )
     durability: Literal["normal", "full"] = Field(
         default="normal",
-        description='"full" fsyncs each relayed file and relay_dir before the relay returns.',
+        description=(
+            '"full" fsyncs each relayed file and relay_dir before the relay returns, and runs a SQLite '
+            "store with synchronous=FULL (survives a power loss); \"normal\" (synchronous=NORMAL in WAL) "
+            "survives a process crash."
+        ),
     )
     mark_untrusted_results: bool = Field(
         default=False,
@@ -124,6 +129,20 @@ class FollowupSettings(BaseModel):
     )
     inbox_max_messages: int = Field(
         default=256, ge=1, description="Unread messages a running subagent's inbox may hold."
+    )
+
+    # -- the durable store --
+    store_url: str | None = Field(
+        default=None,
+        description=(
+            "The ledger BackgroundStore.open uses without a URL: memory://, sqlite:///relative.db or "
+            "sqlite:////absolute/path.db (None: $FOLLOWUPS_STORE_URL, else memory://)."
+        ),
+    )
+    sqlite_busy_timeout_seconds: float = Field(
+        default=5.0,
+        ge=0,
+        description="How long a SQLite store waits for another process's write lock before an operation fails.",
     )
 
     @field_validator(*_NUMBER_FIELDS, mode="before")

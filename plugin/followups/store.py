@@ -11,7 +11,7 @@ from typing import Any
 
 from .core import StoreCore
 from .events import Subscription, UISink
-from .ledger import LedgerBackend, MemoryBackend, open_backend
+from .ledger import LedgerBackend, MemoryBackend, open_backend, resolve_store_url
 from .loops import EventLoopHandle
 from .relay import OutputRelay
 from .session import Session, check_session_id
@@ -63,12 +63,16 @@ class BackgroundStore(Session):
             core.hub.attach_sink(ui_sink, EventLoopHandle.current_or_none())
 
     @classmethod
-    def open(cls, url: str, settings: FollowupSettings | None = None, **options: Any) -> BackgroundStore:
+    def open(cls, url: str | None = None, settings: FollowupSettings | None = None, **options: Any) -> BackgroundStore:
         """A store on the backend ``url`` names: ``memory://``, ``sqlite:///relative.db``,
-        ``sqlite:////absolute/path.db``, ``redis://host:port/db``. ``options`` go to
-        :class:`BackgroundStore`. Raises ``ValueError`` for a URL no backend takes."""
+        ``sqlite:////absolute/path.db``, ``redis://host:port/db``. Without ``url``:
+        ``settings.store_url``, else ``$FOLLOWUPS_STORE_URL``, else ``memory://``. ``options`` go
+        to :class:`BackgroundStore`. Raises ``ValueError`` for a URL no backend takes.
+
+        A durable store recovers on open: the live tasks of processes that stopped are failed
+        "orphaned" and expired delivery leases reopen."""
         settings = settings or FollowupSettings()
-        store = cls(settings, backend=open_backend(url, settings), **options)
+        store = cls(settings, backend=open_backend(resolve_store_url(url, settings), settings), **options)
         store._core.owns_backend = True
         return store
 

@@ -317,6 +317,8 @@ def _list_line(task: BackgroundTask) -> str:
         line += f": {task.progress}"
     if task.stalled:
         line += " (no progress lately: may be stalled)"
+    if task.persistence_error:
+        line += " (not saved to the task store yet; retrying)"
     return line
 
 

@@ -8,6 +8,7 @@ closed after each test.
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,7 @@ from helpers import StoreFactory
 
 from followups import BackgroundStore, FollowupSettings
 from followups.ledger import LedgerBackend, MemoryBackend
+from followups.ledger.sqlite import SqliteBackend
 
 BackendFactory = Callable[[Path, FollowupSettings, "LedgerBackend | None", pytest.FixtureRequest], LedgerBackend]
 
@@ -27,7 +29,32 @@ def memory_backend(
     return like if like is not None else MemoryBackend()
 
 
-BACKENDS: dict[str, BackendFactory] = {"memory": memory_backend}
+def sqlite_backend(
+    tmp_path: Path, settings: FollowupSettings, like: LedgerBackend | None, request: pytest.FixtureRequest
+) -> LedgerBackend:
+    """A temporary database per test; ``like`` gives a second backend object on the same file.
+    Every operation reloads from the file, so the suite checks what was committed, not what a
+    backend object remembers; except in the hammer tests, which check concurrency and would
+    take minutes that way."""
+    path = like.path if isinstance(like, SqliteBackend) else tmp_path / "ledger" / f"followups-{uuid.uuid4().hex[:8]}.db"
+    reload = request.node.module.__name__.rpartition(".")[2] != "test_concurrency"
+    return SqliteBackend(path, busy_timeout=settings.sqlite_busy_timeout_seconds, reload_every_operation=reload)
+
+
+def sqlite_cached_backend(
+    tmp_path: Path, settings: FollowupSettings, like: LedgerBackend | None, request: pytest.FixtureRequest
+) -> LedgerBackend:
+    """The SQLite backend as applications get it: the mirror reloads only when another
+    connection committed."""
+    path = like.path if isinstance(like, SqliteBackend) else tmp_path / "ledger" / f"followups-{uuid.uuid4().hex[:8]}.db"
+    return SqliteBackend(path, busy_timeout=settings.sqlite_busy_timeout_seconds)
+
+
+BACKENDS: dict[str, BackendFactory] = {
+    "memory": memory_backend,
+    "sqlite": sqlite_backend,
+    "sqlite-cached": sqlite_cached_backend,
+}
 
 
 @pytest.fixture(params=sorted(BACKENDS))

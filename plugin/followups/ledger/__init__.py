@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import os
 from typing import TYPE_CHECKING
 
 from .memory import MemoryBackend
@@ -48,7 +49,10 @@ __all__ = [
     "SessionChanged",
     "SessionCounts",
     "open_backend",
+    "resolve_store_url",
 ]
+
+STORE_URL_VARIABLE = "FOLLOWUPS_STORE_URL"
 
 
 def open_backend(url: str, settings: FollowupSettings) -> LedgerBackend:
@@ -62,6 +66,20 @@ def open_backend(url: str, settings: FollowupSettings) -> LedgerBackend:
         if url.lower() not in ("memory://", "memory:///"):
             raise ValueError(f"store URL {url!r}: a memory store takes no path; use 'memory://'")
         return MemoryBackend()
+    if scheme == "sqlite":
+        from .sqlite import SqliteBackend, sqlite_path
+
+        return SqliteBackend(
+            sqlite_path(url),
+            busy_timeout=settings.sqlite_busy_timeout_seconds,
+            synchronous="FULL" if settings.durability == "full" else "NORMAL",
+        )
     raise ValueError(
         f"store URL {url!r} names no known backend; use memory://, sqlite:///path/to/file.db or redis://host:port/db"
     )
+
+
+def resolve_store_url(url: str | None, settings: FollowupSettings) -> str:
+    """The store URL to open: ``url``, else ``settings.store_url``, else the
+    ``FOLLOWUPS_STORE_URL`` environment variable, else ``memory://``."""
+    return url or settings.store_url or os.environ.get(STORE_URL_VARIABLE) or "memory://"

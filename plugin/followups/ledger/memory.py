@@ -282,6 +282,13 @@ class MemoryBackend:
     url = "memory://"
     blocking = False
 
+    # The classes of the ledger's objects: a durable backend substitutes subclasses that note
+    # what an operation changed.
+    _run_type: type[_Run] = _Run
+    _entry_type: type[_Entry] = _Entry
+    _lease_type: type[_Lease] = _Lease
+    _session_type: type[_Session] = _Session
+
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._sessions: dict[str, _Session] = {}
@@ -300,19 +307,25 @@ class MemoryBackend:
     def connect(self, listener: LedgerListener, *, now: float) -> str:
         with self._lock:
             epoch = f"memory-{next(self._epochs)}"
-            self._listeners[epoch] = listener
-            self._listening = tuple(self._listeners.values())
+            self._set_listener(epoch, listener)
         return epoch
 
     def disconnect(self, epoch: str) -> None:
         with self._lock:
-            self._listeners.pop(epoch, None)
-            self._listening = tuple(self._listeners.values())
+            self._set_listener(epoch, None)
 
     def close(self) -> None:
         with self._lock:
             self._listeners.clear()
             self._listening = ()
+
+    def _set_listener(self, epoch: str, listener: LedgerListener | None) -> None:
+        """Register (or, with None, drop) ``epoch``'s listener; the caller holds the lock."""
+        if listener is None:
+            self._listeners.pop(epoch, None)
+        else:
+            self._listeners[epoch] = listener
+        self._listening = tuple(self._listeners.values())
 
     def _wants_events(self) -> bool:
         for listener in self._listening:
@@ -379,7 +392,7 @@ class MemoryBackend:
             elif len(session.records) >= request.capacity:
                 self._evict_one(session, effects)
             ref = RunRef(request.session, task_id, next(self._generations))
-            run = _Run(ref, request, state)
+            run = self._run_type(ref, request, state)
             session.records[task_id] = run
             session.live[task_id] = None
             if name is not None:
@@ -596,7 +609,7 @@ class MemoryBackend:
             notification = _notification(
                 run.task_id, TaskState(run.state.status, question), self._sequence, notification_id, run.session, "question"
             )
-            session.pending[(ref.generation, run.questions)] = _Entry(run, run.questions, notification, 0)
+            session.pending[(ref.generation, run.questions)] = self._entry_type(run, run.questions, notification, 0)
             run.pending_entries += 1
             session.available += 1
             effects.append(session.changed)
@@ -612,7 +625,7 @@ class MemoryBackend:
             state = self._sessions.get(session)
             if state is None or not state.available:
                 return None
-            lease = _Lease(uuid.uuid4().hex, [], request.now + request.lease_seconds, request.epoch)
+            lease = self._lease_type(uuid.uuid4().hex, [], request.now + request.lease_seconds, request.epoch)
             taken: builtins.list[TaskNotification] = []
             budget = request.max_chars
             limit = request.max_entries
@@ -736,7 +749,7 @@ class MemoryBackend:
                     )
                 else:
                     run = self._runs_by_generation(key)
-                    entry = _Entry(run, 0 if isinstance(key, int) else key[1], notification, 0)
+                    entry = self._entry_type(run, 0 if isinstance(key, int) else key[1], notification, 0)
                     if run is not None:
                         run.pending_entries += 1
                     state.pending[key] = entry
@@ -897,7 +910,7 @@ class MemoryBackend:
     def _session(self, name: str) -> _Session:
         session = self._sessions.get(name)
         if session is None:
-            session = self._sessions[name] = _Session(name)
+            session = self._sessions[name] = self._session_type(name)
         return session
 
     def _resolve(self, session: _Session, key: str) -> _Run | None:
@@ -952,7 +965,7 @@ class MemoryBackend:
         if entry is None:
             self._sequence += 1
             notification = _notification(run.task_id, run.state, self._sequence, notification_id, run.session, "result")
-            session.pending[generation] = _Entry(run, 0, notification, run.version)
+            session.pending[generation] = self._entry_type(run, 0, notification, run.version)
             run.pending_entries += 1
             session.available += 1
         else:
