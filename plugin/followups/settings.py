@@ -29,6 +29,8 @@ _NUMBER_FIELDS = (
     "delivery_lease_seconds",
     "stall_after_seconds",
     "inbox_max_messages",
+    "worker_ttl_seconds",
+    "redis_timeout_seconds",
 )
 
 
@@ -124,6 +126,16 @@ class FollowupSettings(BaseModel):
     )
     inbox_max_messages: int = Field(
         default=256, ge=1, description="Unread messages a running subagent's inbox may hold."
+    )
+
+    # -- workers sharing a Redis store (redis://) --
+    worker_ttl_seconds: float = Field(
+        default=30.0,
+        gt=0,
+        description="A worker whose heartbeat is this old is gone: its live tasks are orphaned (heartbeat every third).",
+    )
+    redis_timeout_seconds: float = Field(
+        default=5.0, gt=0, description="How long a Redis call may take before the store counts as unavailable."
     )
 
     @field_validator(*_NUMBER_FIELDS, mode="before")

@@ -8,6 +8,7 @@ closed after each test.
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -27,7 +28,19 @@ def memory_backend(
     return like if like is not None else MemoryBackend()
 
 
-BACKENDS: dict[str, BackendFactory] = {"memory": memory_backend}
+def redis_backend(
+    tmp_path: Path, settings: FollowupSettings, like: LedgerBackend | None, request: pytest.FixtureRequest
+) -> LedgerBackend:
+    """A fresh key prefix on the session's redis-server per test; ``like`` gives a second
+    backend (another worker's connection) on the same prefix."""
+    from followups.ledger.redis import RedisBackend
+
+    server = request.getfixturevalue("redis_server")
+    prefix = like.prefix if isinstance(like, RedisBackend) else f"t-{uuid.uuid4().hex[:12]}"
+    return RedisBackend(server.url, prefix=prefix, worker_ttl_seconds=settings.worker_ttl_seconds)
+
+
+BACKENDS: dict[str, BackendFactory] = {"memory": memory_backend, "redis": redis_backend}
 
 
 @pytest.fixture(params=sorted(BACKENDS))

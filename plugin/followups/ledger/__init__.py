@@ -62,6 +62,12 @@ def open_backend(url: str, settings: FollowupSettings) -> LedgerBackend:
         if url.lower() not in ("memory://", "memory:///"):
             raise ValueError(f"store URL {url!r}: a memory store takes no path; use 'memory://'")
         return MemoryBackend()
+    if scheme in ("redis", "rediss"):
+        from .redis import RedisBackend
+
+        return RedisBackend(
+            url, worker_ttl_seconds=settings.worker_ttl_seconds, timeout_seconds=settings.redis_timeout_seconds
+        )
     raise ValueError(
         f"store URL {url!r} names no known backend; use memory://, sqlite:///path/to/file.db or redis://host:port/db"
     )
