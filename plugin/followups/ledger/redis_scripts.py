@@ -325,10 +325,11 @@ local function evict_one(s)
   if #s.finished > 0 then
     local tid = table.remove(s.finished, 1)
     remove_record(s, s.runs[s.records[tid]])
-    return
+    return nil
   end
   local tid = s.live[1]
   drop_record(s, s.runs[s.records[tid]], 'evicted', 'cancelled: evicted from a full store', true)
+  return tid
 end
 
 local function resolve(s, key)
@@ -430,8 +431,10 @@ else
 end
 if existing then
   drop_record(s, existing, nil, 'cancelled: superseded by a new run of task ' .. pyrepr(tid), max_running == nil)
-elseif count_keys(s.records) >= REQ.capacity then
-  evict_one(s)
+end
+local evicted = nil
+if not existing and count_keys(s.records) >= REQ.capacity then
+  evicted = evict_one(s)
 end
 local g = tostring(REQ.generation)
 local run = {g = g, o = s.name, id = tid, st = st, tx = '', d = REQ.description, k = REQ.kind, n = name,
@@ -456,7 +459,7 @@ end
 emit({type = 'registered', task = task_of(run, s)})
 emit_changed(s)
 save(s)
-return finish_script({ref = ref_of(run), status = st})
+return finish_script({ref = ref_of(run), status = st, evicted = evicted})
 """
 
 OPERATIONS["start"] = r"""
