@@ -98,7 +98,7 @@ def capped_worker(url: str, relay: str, session: str, count: str, cap: str, coun
             return f"r{i}"
 
         say("ready")
-        async with SubagentPool(store.session(session), when_full="queue", max_queued=64, close="wait") as pool:
+        async with SubagentPool(store.session(session), when_full="queue", max_queued=30, close="wait") as pool:
             for i in range(int(count)):
                 pool.spawn(subagent, i)
         say("finished")

@@ -18,12 +18,13 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import redis
 import trio
+import trio.testing
 from redis_server import RedisServer
 
 from followups import BackgroundStore, FollowupSettings, StoreUnavailable, TaskState, TaskStatus
 
-redis = pytest.importorskip("redis")
 
 WORKER = str(Path(__file__).resolve().parent / "redis_worker.py")
 
@@ -64,18 +65,33 @@ class Worker:
             os.kill(self.process.pid, signal.SIGKILL)
             self.process.wait(timeout=10)
 
+    def close(self) -> None:
+        self.kill()
+        self._selector.close()
+        for stream in (self.process.stdout, self.process.stderr):
+            if stream is not None:
+                stream.close()
+
 
 @pytest.fixture
 def workers() -> Iterator[list[Worker]]:
     started: list[Worker] = []
     yield started
     for worker in started:
-        worker.kill()
+        worker.close()
 
 
 @pytest.fixture
 def url(redis_server: RedisServer) -> str:
     return f"{redis_server.url}?prefix=w-{uuid.uuid4().hex[:12]}"
+
+
+@pytest.fixture
+def client(redis_server: RedisServer) -> Iterator[redis.Redis]:
+    """A plain client of the test server, for what the tests observe from outside."""
+    connection = redis.Redis.from_url(redis_server.url)
+    yield connection
+    connection.close()
 
 
 def spawn(workers: list[Worker], *args: str) -> Worker:
@@ -117,7 +133,9 @@ async def test_a_killed_worker_is_orphaned_by_another_within_its_ttl(url: str, t
         assert session.live_count() == 0
 
 
-def test_concurrent_recovery_orphans_a_dead_workers_task_exactly_once(url: str, tmp_path: Path, workers: list[Worker]) -> None:
+def test_concurrent_recovery_orphans_a_dead_workers_task_exactly_once(
+    url: str, tmp_path: Path, workers: list[Worker], client: redis.Redis
+) -> None:
     held = spawn(workers, "hold_a_task", url, str(tmp_path / "relay"), "s1")
     _, epoch = held.line().split()
     stores = [open_store(url, tmp_path, worker_ttl_seconds=60.0) for _ in range(4)]
@@ -206,9 +224,10 @@ async def test_a_waiter_wakes_when_another_process_finishes_a_task(url: str, tmp
         assert finisher.line() == "done"
 
 
-def test_the_cap_holds_across_four_worker_processes(redis_server: RedisServer, url: str, tmp_path: Path, workers: list[Worker]) -> None:
+def test_the_cap_holds_across_four_worker_processes(
+    redis_server: RedisServer, url: str, tmp_path: Path, workers: list[Worker], client: redis.Redis
+) -> None:
     counter_url = redis_server.url
-    client = redis.Redis.from_url(counter_url)
     client.delete("observe:running", "observe:max")
     cap, per_worker = 2, 6
     procs = [
@@ -228,11 +247,10 @@ def test_the_cap_holds_across_four_worker_processes(redis_server: RedisServer, u
 
 
 def test_many_producers_and_consumers_deliver_each_result_once_in_finish_order(
-    redis_server: RedisServer, url: str, tmp_path: Path, workers: list[Worker]
+    redis_server: RedisServer, url: str, tmp_path: Path, workers: list[Worker], client: redis.Redis
 ) -> None:
     producers, consumers, sessions = 8, 4, 16
     per_producer = 10_000 // producers
-    client = redis.Redis.from_url(redis_server.url)
     client.delete("observe:delivered")
     relay = str(tmp_path / "relay")
     outs = [tmp_path / f"consumer-{k}.jsonl" for k in range(consumers)]
@@ -279,14 +297,15 @@ def own_server(tmp_path: Path) -> Iterator[RedisServer]:
 
 def test_a_paused_server_keeps_reports_visible_and_delivers_them_after(own_server: RedisServer, tmp_path: Path) -> None:
     with open_store(own_server.url, tmp_path, redis_timeout_seconds=0.3) as store:
-        store.insert("t1")
-        store.insert("t2")
+        refs = [store.insert("t1"), store.insert("t2")]
         own_server.pause()
         try:
-            assert store.notify("t1", TaskState.completed("one")), "a report is never refused for a paused store"
-            assert store.notify("t2", TaskState.completed("two"))
-            kept = store._core.kept.lookup(store._core.kept.refs()[0])
-            assert kept is not None and "127.0.0.1" in kept[1]
+            assert store.notify(refs[0], TaskState.completed("one")), "a report is never refused for a paused store"
+            assert store.notify(refs[1], TaskState.completed("two"))
+            for ref in refs:
+                kept = store._core.kept.lookup(ref)
+                assert kept is not None, "the report is kept in memory"
+                assert f"127.0.0.1:{own_server.port}" in kept[1], "its persistence error names the server"
             with pytest.raises(StoreUnavailable, match=rf"127\.0\.0\.1:{own_server.port}"):
                 store.drain_notifications()
         finally:
