@@ -125,7 +125,7 @@ def consumer(url: str, relay: str, sessions: str, expected: str, out: str) -> No
     """Drain random sessions until ``expected`` results are delivered store-wide (counted in
     Redis); write what this consumer got as JSON lines (session, id, sequence)."""
     store = BackgroundStore.open(url, settings(relay))
-    counter = redis.Redis.from_url(url)
+    counter = redis.Redis.from_url(url.partition("?")[0])
     names = [f"s{k}" for k in range(int(sessions))]
     rng = random.Random()
     say("ready")
@@ -133,7 +133,7 @@ def consumer(url: str, relay: str, sessions: str, expected: str, out: str) -> No
         while int(counter.get("observe:delivered") or 0) < int(expected):
             batch = store.session(rng.choice(names)).drain_notifications()
             if not batch:
-                time.sleep(0.001)
+                time.sleep(0.01)
                 continue
             for n in batch:
                 file.write(json.dumps([n.session, n.id, n.sequence]) + "\n")

@@ -249,8 +249,10 @@ def test_the_cap_holds_across_four_worker_processes(
 def test_many_producers_and_consumers_deliver_each_result_once_in_finish_order(
     redis_server: RedisServer, url: str, tmp_path: Path, workers: list[Worker], client: redis.Redis
 ) -> None:
+    # 10,000 tasks take about 100 s on two cores (each operation rewrites its session's
+    # document); 2,000 keep the same 8 x 4 x 16 shape within the suite's time budget.
     producers, consumers, sessions = 8, 4, 16
-    per_producer = 10_000 // producers
+    per_producer = 2_000 // producers
     client.delete("observe:delivered")
     relay = str(tmp_path / "relay")
     outs = [tmp_path / f"consumer-{k}.jsonl" for k in range(consumers)]
@@ -326,3 +328,77 @@ def test_a_restarted_server_keeps_every_committed_result(own_server: RedisServer
         drained = store.drain_notifications()  # the client reconnects by itself
         assert [n.id for n in drained] == [f"t{i}" for i in range(20)]
         assert [n.state.text for n in drained] == [f"r{i}" for i in range(20)]
+
+
+# -- one cluster slot per operation ------------------------------------------------------------------
+
+
+def crc16_xmodem(data: bytes) -> int:
+    crc = 0
+    for byte in data:
+        crc ^= byte << 8
+        for _ in range(8):
+            crc = ((crc << 1) ^ 0x1021) if crc & 0x8000 else crc << 1
+            crc &= 0xFFFF
+    return crc
+
+
+def cluster_slot(key: str) -> int:
+    """Redis Cluster's slot of ``key``: CRC16 of its hash tag (the first non-empty ``{…}``)."""
+    raw = key.encode()
+    start = raw.find(b"{")
+    if start != -1:
+        end = raw.find(b"}", start + 1)
+        if end > start + 1:
+            raw = raw[start + 1 : end]
+    return crc16_xmodem(raw) % 16384
+
+
+def test_the_slot_function_matches_redis_cluster() -> None:
+    assert cluster_slot("123456789") == 0x31C3 % 16384  # the CRC16/XMODEM check value
+    assert cluster_slot("{user1000}.following") == cluster_slot("{user1000}.followers")
+    assert cluster_slot("foo{}{bar}") == crc16_xmodem(b"foo{}{bar}") % 16384  # an empty tag hashes the whole key
+
+
+async def test_every_operation_names_keys_of_one_cluster_slot(url: str, tmp_path: Path) -> None:
+    from followups import SubagentPool
+
+    calls: list[tuple[str, list[str]]] = []
+    with open_store(url, tmp_path, max_concurrent=1) as store:
+        store.backend._call_hook = lambda operation, keys: calls.append((operation, keys))  # type: ignore[attr-defined]
+        for name in ("s1", "{conv}a", "{conv}b"):
+            session = store.session(name)
+            ref = session.insert("t1", name="first")
+            session.notify_started(ref)
+            session.report_progress(ref, "half way")
+            session.notify(ref, TaskState.completed("done"))
+            session.insert("t2", queued=True)
+            session.cancel("t2")
+            batch = session.drain_notifications()
+            session.restore_notifications(batch)
+            session.drain_notifications()
+            session.list()
+            session.get("t1")
+            session.gc_finished()
+            session.cancel_all()
+        async with SubagentPool(store.session("s2"), when_full="queue", max_queued=4) as pool:
+            pool.spawn(_quick)
+            pool.spawn(_quick)
+        store.session("{conv}a").insert("moving", close_policy="transfer")
+        store.transfer("{conv}a", "{conv}b")
+        store.recover()
+        store.sessions()
+    assert {operation for operation, _ in calls} >= {
+        "create", "start", "progress", "finish", "request_cancel", "gc_finished", "lease", "confirm", "restore", "list", "get",
+        "cancel_all", "transfer", "recover", "info",
+    }
+    for operation, keys in calls:
+        slots = {cluster_slot(key) for key in keys}
+        assert len(slots) == 1, f"{operation} names keys of {len(slots)} slots: {keys}"
+        if operation == "transfer":
+            assert len(keys) == 2, "a transfer names the two sessions' keys"
+
+
+async def _quick() -> str:
+    await trio.sleep(0)
+    return "quick"
