@@ -412,8 +412,8 @@ class RedisBackend:
                     if message["type"] != "message":
                         continue
                     origin, _, payload = bytes(message["data"]).partition(b"\n")
-                    if origin.decode() == self._origin:
-                        continue
+                    if origin.decode() == self._origin or not payload:
+                        continue  # our own effects (dispatched already), or a close's wake-up
                     try:
                         effects = _effects(payload)
                     except (ValueError, KeyError):
