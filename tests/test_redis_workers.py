@@ -402,3 +402,14 @@ async def test_every_operation_names_keys_of_one_cluster_slot(url: str, tmp_path
 async def _quick() -> str:
     await trio.sleep(0)
     return "quick"
+
+
+def test_the_demo_runs_on_a_redis_store(url: str, tmp_path: Path) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "followups", "demo", "--store", url, "--relay-dir", str(tmp_path / "relay")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "session over" in result.stdout

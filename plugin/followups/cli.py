@@ -47,6 +47,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--template-dir", type=Path, metavar="DIR", help="a directory of templates that override the defaults by name"
     )
     demo.add_argument(
+        "--store", metavar="URL", help="the task store's URL: memory:// (default) or redis://host:port/db"
+    )
+    demo.add_argument(
         "--relay-dir", type=Path, metavar="DIR", help="where relayed outputs go (default: a new temporary directory)"
     )
     return parser
@@ -60,6 +63,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         backend=args.backend,
         template_dir=args.template_dir,
         relay_dir=args.relay_dir.resolve() if args.relay_dir else None,
+        store_url=args.store,
     )
     try:
         run_demo(options, sys.stdout)

@@ -2,7 +2,7 @@
 
 **Operations.** Every operation of :mod:`followups.ledger.protocol` is one Lua script
 (:mod:`followups.ledger.redis_scripts`), run with ``EVALSHA`` (loaded again after a server
-restart): no WATCH loop, no retry, nothing half done. A script reads its session's document,
+restart): no WATCH loop, nothing half done. A script reads its session's document,
 changes it, writes it back and publishes what changed.
 
 **Keys.** With prefix ``P`` (the URL's ``?prefix=``, default ``followups``):
