@@ -413,3 +413,21 @@ def test_the_demo_runs_on_a_redis_store(url: str, tmp_path: Path) -> None:
     )
     assert result.returncode == 0, result.stderr
     assert "session over" in result.stdout
+
+
+async def test_a_subscriber_sees_the_events_of_another_process(url: str, tmp_path: Path, workers: list[Worker]) -> None:
+    from followups import TaskFinished, TaskRegistered
+
+    with open_store(url, tmp_path) as store:
+        seen: list[object] = []
+        async with store.subscribe("s1") as events:
+            finisher = spawn(workers, "finish_one", url, str(tmp_path / "relay"), "s1", "remote")
+            with trio.fail_after(20):
+                async for event in events:
+                    seen.append(event)
+                    if isinstance(event, TaskFinished):
+                        break
+        assert finisher.line() == "done"
+        assert isinstance(seen[0], TaskRegistered) and seen[0].task.id == "remote"
+        assert isinstance(seen[-1], TaskFinished) and seen[-1].notification.id == "remote"
+        assert seen[-1].notification.state.text == "result of remote"
