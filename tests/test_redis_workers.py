@@ -431,3 +431,42 @@ async def test_a_subscriber_sees_the_events_of_another_process(url: str, tmp_pat
         assert isinstance(seen[0], TaskRegistered) and seen[0].task.id == "remote"
         assert isinstance(seen[-1], TaskFinished) and seen[-1].notification.id == "remote"
         assert seen[-1].notification.state.text == "result of remote"
+
+
+async def test_the_store_wide_cap_holds_across_sessions_and_workers(url: str, tmp_path: Path) -> None:
+    from followups import SubagentPool
+
+    running = 0
+    peak = 0
+    gate = trio.Event()
+
+    async def subagent() -> str:
+        nonlocal running, peak
+        running += 1
+        peak = max(peak, running)
+        try:
+            await gate.wait()
+            await trio.sleep(0.01)
+        finally:
+            running -= 1
+        return "ok"
+
+    stores = [open_store(url, tmp_path, max_concurrent=2, max_concurrent_total=3) for _ in range(2)]
+    try:
+        with trio.fail_after(30):
+            async with SubagentPool(stores[0].session("a"), when_full="queue", max_queued=8, close="wait") as first:
+                async with SubagentPool(stores[1].session("b"), when_full="queue", max_queued=8, close="wait") as second:
+                    for _ in range(4):
+                        first.spawn(subagent)
+                        second.spawn(subagent)
+                    await trio.testing.wait_all_tasks_blocked()
+                    live = stores[0].list_all(status="running")
+                    assert len(live) == 3, "three run across both sessions, though each session's cap is 2"
+                    assert len(stores[0].list_all(status="queued")) == 5
+                    gate.set()
+        assert peak == 3
+        delivered = stores[0].session("a").drain_notifications() + stores[1].session("b").drain_notifications()
+        assert len(delivered) == 8 and {n.state.text for n in delivered} == {"ok"}
+    finally:
+        for store in stores:
+            store.close()

@@ -87,7 +87,7 @@ from .protocol import (
     Selection,
     SessionCounts,
 )
-from .redis_scripts import OPERATIONS, script_source
+from .redis_scripts import OPERATIONS, TOTAL_SCRIPTS, script_source
 
 try:
     import redis as _redis
@@ -225,6 +225,8 @@ class RedisBackend:
         kwargs = self._client.connection_pool.connection_kwargs
         self.where = f"redis at {kwargs.get('host', 'localhost')}:{kwargs.get('port', 6379)}"
         self._scripts = {name: self._client.register_script(script_source(name)) for name in OPERATIONS}
+        self._total_scripts = {name: self._client.register_script(src) for name, src in TOTAL_SCRIPTS.items()}
+        self._total_cap: int | None = None
         self._origin = uuid.uuid4().hex
         self._channel = f"{{{self.prefix}}}:fx"
         self._lock = threading.Lock()
@@ -255,6 +257,10 @@ class RedisBackend:
         return f"{{{self.prefix}}}:sessions"
 
     @property
+    def _total_keys(self) -> list[str]:
+        return [f"{{{self.prefix}}}:total", f"{{{self.prefix}}}:total-waiting"]
+
+    @property
     def _generation_key(self) -> str:
         return f"{{{self.prefix}}}:generation"
 
@@ -283,6 +289,9 @@ class RedisBackend:
         effects = _effects(reply[1])
         if effects:
             self._dispatch(effects)
+        freed = result.get("freed_total")
+        if freed:
+            self._release_total(int(freed))
         return result
 
     def _dispatch(self, effects: builtins.list[Effect]) -> None:
@@ -432,14 +441,62 @@ class RedisBackend:
 
     # -- runs -----------------------------------------------------------------------------------
 
+    # -- the store-wide cap ------------------------------------------------------------------------
+
+    def _total(self, operation: str, keys: list[str], args: list[Any]) -> Any:
+        hook = self._call_hook
+        if hook is not None:
+            hook(f"total_{operation}", keys)
+        try:
+            return self._total_scripts[operation](keys=keys, args=args)
+        except (_redis.ConnectionError, _redis.TimeoutError) as exc:
+            raise self._unavailable(exc) from exc
+
+    def _acquire_total(self, cap: int) -> tuple[bool, int]:
+        granted, running = self._total("acquire", self._total_keys[:1], [cap])
+        return bool(granted), int(running)
+
+    def _release_total(self, count: int, *, done_with: str = "") -> None:
+        """Give ``count`` store-wide slots back, then hand each free one to a session whose
+        queued runs wait for the store-wide cap (the one that frees a slot admits from
+        whichever session waits, as the memory backend does)."""
+        stored_cap, members = self._total("release", self._total_keys, [count, done_with])
+        waiting = [name.decode() for name in members]
+        cap = self._total_cap if self._total_cap is not None else (int(stored_cap) if stored_cap else None)
+        if cap is None:
+            return
+        for session in waiting:
+            granted, _ = self._acquire_total(cap)
+            if not granted:
+                return
+            result = self._session_run("admit", session, {})
+            if not result["admitted"]:
+                self._release_total(1, done_with=session)
+                return
+
     def create(self, request: CreateRequest) -> Admission:
-        if request.max_running_total is not None:
-            raise ValueError(
-                "the Redis backend does not support a store-wide cap (max_concurrent_total); "
-                "use max_concurrent per session"
-            )
         self._note_session(request.session)
-        result = self._session_run(
+        total_slot = 0
+        total_running = 0
+        if request.max_running is not None and request.max_running_total is not None:
+            self._total_cap = request.max_running_total
+            granted, total_running = self._acquire_total(request.max_running_total)
+            total_slot = 1 if granted else 0
+        try:
+            result = self._create(request, total_slot, total_running)
+        except BaseException:
+            if total_slot:
+                self._release_total(1)
+            raise
+        if result.get("err") is not None and total_slot:
+            self._release_total(1)
+        if result.get("waits_total"):
+            self._total("wait", self._total_keys, [request.session])
+            self._release_total(0)  # a slot freed before the session was listed as waiting
+        return self._admission(request, result)
+
+    def _create(self, request: CreateRequest, total_slot: int, total_running: int) -> dict[str, Any]:
+        return self._session_run(
             "create",
             request.session,
             {
@@ -460,8 +517,13 @@ class RedisBackend:
                 "queued": request.queued,
                 "has_inbox": request.has_inbox,
                 "generation": self._generation(),
+                "max_running_total": request.max_running_total if request.max_running is not None else None,
+                "total_slot": total_slot,
+                "total_running": total_running,
             },
         )
+
+    def _admission(self, request: CreateRequest, result: dict[str, Any]) -> Admission:
         error = result.get("err")
         if error == "task_id_in_use":
             raise TaskIdInUse(result["task_id"], status=result["status"])

@@ -21,6 +21,7 @@ local ORIGIN = ARGV[2]
 local REQ = cjson.decode(ARGV[3])
 local NULL = cjson.null
 local FX = {}
+local FREED_TOTAL = 0  -- store-wide slots given up by this operation (see the total_* scripts)
 
 local function val(x) if x == NULL then return nil end return x end
 
@@ -59,6 +60,7 @@ local function save(s)
 end
 
 local function finish_script(result)
+  if FREED_TOTAL > 0 and result.err == nil then result.freed_total = FREED_TOTAL end
   local fx = '[]'
   if #FX > 0 then
     fx = cjson.encode(FX)
@@ -230,12 +232,14 @@ end
 
 local cancel_run
 
-local function admit_from(s)
+local function admit_from(s, tot)
+  -- admit the session's oldest queued capped run; ``tot``: it takes a store-wide slot
   while #s.queue > 0 do
     local g = table.remove(s.queue, 1)
     local run = s.runs[g]
     if run ~= nil and run.st == 'queued' and s.records[run.id] == g then
       run.st = 'running'; run.tx = ''
+      run.tot = tot or nil
       s.queued = s.queued - 1
       s.cq = s.cq - 1
       s.running = s.running + 1
@@ -255,7 +259,12 @@ local function release(s, run, was_queued, admit)
     s.running = s.running - 1
     if run.cap then
       s.crun = s.crun - 1
-      if admit then admit_from(s) end
+      local handed = false
+      if admit then handed = admit_from(s, run.tot) end
+      if run.tot then
+        run.tot = nil
+        if not handed then FREED_TOTAL = FREED_TOTAL + 1 end
+      end
     end
   end
 end
@@ -410,19 +419,35 @@ if #s.porder >= REQ.max_pending then
 end
 local superseded_slot = existing and existing.cap and existing.st == 'running'
 local max_running = val(REQ.max_running)
+local total = val(REQ.max_running_total)
 local st
+local takes_total, waits_total = false, false
 if max_running ~= nil then
   s.cap = max_running
   local freed = 0
   if superseded_slot then freed = 1 end
-  if s.crun - freed < max_running then
+  local under_cap = s.crun - freed < max_running
+  -- the store-wide slot: reserved before this script (REQ.total_slot), or the superseded run's
+  local inherits = superseded_slot and existing.tot
+  local under_total = total == nil or REQ.total_slot == 1 or inherits
+  if under_cap and under_total then
     st = 'running'
+    takes_total = total ~= nil
   elseif REQ.when_full == 'queue' and s.cq < REQ.max_queued then
     st = 'queued'
+    waits_total = under_cap and not under_total
   else
     local reason = 'cap'
-    if REQ.when_full == 'queue' then reason = 'queue_full' end
-    return finish_script(err('admission', {reason = reason, running = s.crun, queued = s.cq}))
+    local running = s.crun
+    if REQ.when_full == 'queue' then reason = 'queue_full'
+    elseif under_cap then reason = 'total_cap'; running = REQ.total_running or 0 end
+    return finish_script(err('admission', {reason = reason, running = running, queued = s.cq}))
+  end
+  if inherits and takes_total then
+    existing.tot = nil  -- its slot goes to the new run, not back to the store
+    if REQ.total_slot == 1 then FREED_TOTAL = FREED_TOTAL + 1 end
+  elseif REQ.total_slot == 1 and not takes_total then
+    FREED_TOTAL = FREED_TOTAL + 1  -- the reserved slot was not used
   end
 elseif REQ.queued then
   st = 'queued'
@@ -455,11 +480,12 @@ if st == 'queued' then
 else
   s.running = s.running + 1
   if run.cap then s.crun = s.crun + 1 end
+  if takes_total then run.tot = true end
 end
 emit({type = 'registered', task = task_of(run, s)})
 emit_changed(s)
 save(s)
-return finish_script({ref = ref_of(run), status = st, evicted = evicted})
+return finish_script({ref = ref_of(run), status = st, evicted = evicted, waits_total = waits_total})
 """
 
 OPERATIONS["start"] = r"""
@@ -1014,6 +1040,42 @@ for _, g in pairs(s.records) do
 end
 return finish_script({used = next(s.records) ~= nil or #s.porder > 0, paths = paths})
 """
+
+
+OPERATIONS["admit"] = r"""
+-- a store-wide slot was reserved for this session: admit its oldest queued capped run with it
+local s = load(KEYS[1], REQ.session)
+local admitted = false
+if s.exists and (s.cap == nil or s.crun < s.cap) then admitted = admit_from(s, true) end
+if admitted then emit_changed(s); save(s) end
+return finish_script({admitted = admitted, queued = s.cq})
+"""
+
+# The store-wide cap's counter, under its own key (its own slot): a slot is reserved here before
+# a session's create script takes it, and given back after an operation freed it, so the count
+# of runs holding one never exceeds the cap, whichever sessions and slots they live in.
+TOTAL_SCRIPTS: dict[str, str] = {
+    "acquire": r"""
+redis.call('HSET', KEYS[1], 'cap', ARGV[1])
+local running = tonumber(redis.call('HGET', KEYS[1], 'running') or '0')
+if running < tonumber(ARGV[1]) then
+  redis.call('HSET', KEYS[1], 'running', running + 1)
+  return {1, running + 1}
+end
+return {0, running}
+""",
+    "release": r"""
+local running = tonumber(redis.call('HGET', KEYS[1], 'running') or '0') - tonumber(ARGV[1])
+if running < 0 then running = 0 end
+redis.call('HSET', KEYS[1], 'running', running)
+if ARGV[2] ~= '' then redis.call('SREM', KEYS[2], ARGV[2]) end
+return {redis.call('HGET', KEYS[1], 'cap') or '', redis.call('SMEMBERS', KEYS[2])}
+""",
+    "wait": r"""
+redis.call('SADD', KEYS[2], ARGV[1])
+return 1
+""",
+}
 
 
 def script_source(operation: str) -> str:
