@@ -7,9 +7,12 @@ changes it, writes it back and publishes what changed.
 
 **Keys.** With prefix ``P`` (the URL's ``?prefix=``, default ``followups``):
 
-* ``{P:SESSION}:s`` — the session's document: records, live order, names, children, the capped
-  queue, pending notifications in finish order, leases, counters. Every per-session operation
-  names only this key, so each one lives in one Redis Cluster slot.
+* ``{P:SESSION}:s`` — the session's document: which run owns each task id, live and finish
+  order, names, children, the capped queue, the order of pending notifications, leases,
+  counters; ``{P:SESSION}:r`` and ``{P:SESSION}:p`` — hashes of its runs (by generation) and
+  its pending notifications (by notification key), one JSON value each, read only when an
+  operation needs them. Every per-session operation names only these three keys, which share a
+  hash tag: each one lives in one Redis Cluster slot.
 * ``{P}:generation`` — the counter that run generations are reserved from, in blocks
   (``INCRBY``, a one-key command); generations are unique in the store.
 * ``{P}:sessions`` — the set of session names (``SADD`` before a session's first write).
@@ -245,6 +248,11 @@ class RedisBackend:
     def session_key(self, session: str) -> str:
         return f"{{{self.prefix}:{session}}}:s"
 
+    def session_keys(self, session: str) -> list[str]:
+        """The keys of ``session``: its document, its runs, its pending notifications."""
+        tag = f"{{{self.prefix}:{session}}}"
+        return [f"{tag}:s", f"{tag}:r", f"{tag}:p"]
+
     def _epoch_key(self, epoch: str) -> str:
         return f"{{{self.prefix}}}:epoch:{epoch}"
 
@@ -305,14 +313,14 @@ class RedisBackend:
 
     def _session_run(self, operation: str, session: str, request: dict[str, Any]) -> dict[str, Any]:
         request["session"] = session
-        return self._run(operation, [self.session_key(session)], request)
+        return self._run(operation, self.session_keys(session), request)
 
     def _ref_run(self, operation: str, ref: RunRef, request: dict[str, Any]) -> dict[str, Any]:
         """Run a script on the session where ``ref``'s run lives, following its transfers."""
         request["ref"] = [ref.session, ref.task_id, ref.generation]
         session = ref.session
         for _ in range(_MAX_HOPS):
-            result = self._run(operation, [self.session_key(session)], request)
+            result = self._run(operation, self.session_keys(session), request)
             moved = result.get("moved")
             if moved is None:
                 return result
@@ -597,7 +605,7 @@ class RedisBackend:
             "task_ids": None if task_ids is None else list(task_ids),
             "now": _t(now),
         }
-        result = self._run("transfer", [self.session_key(from_session), self.session_key(to_session)], request)
+        result = self._run("transfer", self.session_keys(from_session) + self.session_keys(to_session), request)
         if result.get("err") == "transfer_conflict":
             raise TransferConflict(to_session, ids=_list(result["ids"]), names=_list(result["names"]))
         return _list(result["ids"])

@@ -25,15 +25,57 @@ local FREED_TOTAL = 0  -- store-wide slots given up by this operation (see the t
 
 local function val(x) if x == NULL then return nil end return x end
 
-local function load(key, name)
-  local raw = redis.call('GET', key)
+-- A hash whose fields (JSON values) are read on first use and written back by save().
+local function lazy(hash_key)
+  local cache, seen, gone = {}, {}, {}
+  local proxy = {}
+  setmetatable(proxy, {
+    __index = function(_, k)
+      local v = cache[k]
+      if v ~= nil or seen[k] then return v end
+      seen[k] = true
+      local raw = redis.call('HGET', hash_key, k)
+      if raw then v = cjson.decode(raw); cache[k] = v end
+      return v
+    end,
+    __newindex = function(_, k, v)
+      seen[k] = true
+      cache[k] = v
+      if v == nil then gone[k] = true else gone[k] = nil end
+    end,
+  })
+  return {proxy = proxy, cache = cache, gone = gone, key = hash_key}
+end
+
+local function call_chunked(command, key, items)
+  -- unpack() has a stack limit: send at most 400 arguments per call
+  local i = 1
+  while i <= #items do
+    local last = math.min(i + 399, #items)
+    redis.call(command, key, unpack(items, i, last))
+    i = last + 1
+  end
+end
+
+local function flush_lazy(h)
+  local fields = {}
+  for k, v in pairs(h.cache) do
+    fields[#fields + 1] = k
+    fields[#fields + 1] = cjson.encode(v)
+  end
+  call_chunked('HSET', h.key, fields)
+  local doomed = {}
+  for k in pairs(h.gone) do doomed[#doomed + 1] = k end
+  call_chunked('HDEL', h.key, doomed)
+end
+
+-- A session: its document under ``meta_key``, its runs and pending entries in two hashes.
+local function load(meta_key, runs_key, pending_key, name)
+  local raw = redis.call('GET', meta_key)
   local s
   if raw then s = cjson.decode(raw) else s = {} end
-  s.key = key
-  s.name = name
   s.exists = raw ~= false and raw ~= nil
   s.seq = s.seq or 0
-  s.runs = s.runs or {}
   s.records = s.records or {}
   s.live = s.live or {}
   s.finished = s.finished or {}
@@ -44,19 +86,27 @@ local function load(key, name)
   s.queued = s.queued or 0
   s.crun = s.crun or 0
   s.cq = s.cq or 0
-  s.pending = s.pending or {}
   s.porder = s.porder or {}
+  s.lk = s.lk or {}
   s.leases = s.leases or {}
   s.cleared = s.cleared or 0
   s.moved = s.moved or {}
+  local runs, pending = lazy(runs_key), lazy(pending_key)
+  setmetatable(s, {__index = {key = meta_key, name = name, hruns = runs, hpending = pending,
+    runs = runs.proxy, pending = pending.proxy}})
   return s
 end
 
 local function save(s)
-  local key, name, exists = s.key, s.name, s.exists
-  s.key = nil; s.name = nil; s.exists = nil
-  redis.call('SET', key, cjson.encode(s))
-  s.key = key; s.name = name; s.exists = exists
+  local meta = getmetatable(s)
+  setmetatable(s, nil)
+  local exists = s.exists
+  s.exists = nil
+  redis.call('SET', meta.__index.key, cjson.encode(s))
+  s.exists = exists
+  setmetatable(s, meta)
+  flush_lazy(s.hruns)
+  flush_lazy(s.hpending)
 end
 
 local function finish_script(result)
@@ -148,16 +198,17 @@ local function find_run(s, ref)
   return nil, nil
 end
 
-local function available(s, e)
-  if e.l == nil then return true end
-  local lease = s.leases[e.l]
+local function available(s, key)
+  local id = s.lk[key]
+  if id == nil then return true end
+  local lease = s.leases[id]
   return lease == nil or lease.ex == true
 end
 
 local function count_available(s)
   local n = 0
   for i = 1, #s.porder do
-    if available(s, s.pending[s.porder[i]]) then n = n + 1 end
+    if available(s, s.porder[i]) then n = n + 1 end
   end
   return n
 end
@@ -172,14 +223,14 @@ end
 local function delete_entry(s, key)
   local e = s.pending[key]
   s.pending[key] = nil
+  s.lk[key] = nil
   remove_value(s.porder, key)
   uncount(s, e)
 end
 
 local function holds_any(s, id, lease)
   for i = 1, #lease.e do
-    local e = s.pending[lease.e[i][1]]
-    if e ~= nil and e.l == id then return true end
+    if s.lk[lease.e[i][1]] == id then return true end
   end
   return false
 end
@@ -225,7 +276,7 @@ local function queue_result(s, run)
     e.n = n
     e.v = run.v
     e.rp = run.rp
-    e.l = nil
+    s.lk[key] = nil
   end
   emit_finished(n, run.k)
 end
@@ -386,7 +437,7 @@ local function lease_infos(s, now)
       for i = 1, #lease.e do
         local pair = lease.e[i]
         local e = s.pending[pair[1]]
-        if e ~= nil and e.l == id and e.v == pair[2] then
+        if e ~= nil and s.lk[pair[1]] == id and e.v == pair[2] then
           ids[#ids + 1] = e.n.id
           nids[#nids + 1] = e.n.notification_id
         end
@@ -402,7 +453,7 @@ end
 OPERATIONS: dict[str, str] = {}
 
 OPERATIONS["create"] = r"""
-local s = load(KEYS[1], REQ.session)
+local s = load(KEYS[1], KEYS[2], KEYS[3], REQ.session)
 local tid = REQ.task_id
 local eg = s.records[tid]
 local existing = eg and s.runs[eg]
@@ -489,7 +540,7 @@ return finish_script({ref = ref_of(run), status = st, evicted = evicted, waits_t
 """
 
 OPERATIONS["start"] = r"""
-local s = load(KEYS[1], REQ.ref[1])
+local s = load(KEYS[1], KEYS[2], KEYS[3], REQ.ref[1])
 local run, moved = find_run(s, REQ.ref)
 if moved then return finish_script({moved = moved}) end
 if run == nil or not is_live(run) or run.cb ~= nil or run.sa ~= nil then return finish_script({ok = false}) end
@@ -506,7 +557,7 @@ return finish_script({ok = true})
 """
 
 OPERATIONS["progress"] = r"""
-local s = load(KEYS[1], REQ.ref[1])
+local s = load(KEYS[1], KEYS[2], KEYS[3], REQ.ref[1])
 local run, moved = find_run(s, REQ.ref)
 if moved then return finish_script({moved = moved}) end
 if run == nil or not is_live(run) then return finish_script({ok = false}) end
@@ -518,7 +569,7 @@ return finish_script({ok = true})
 """
 
 OPERATIONS["finish"] = r"""
-local s = load(KEYS[1], REQ.ref[1])
+local s = load(KEYS[1], KEYS[2], KEYS[3], REQ.ref[1])
 local run, moved = find_run(s, REQ.ref)
 if moved then return finish_script({moved = moved}) end
 if run == nil or run.se then return finish_script({ok = false}) end
@@ -538,7 +589,7 @@ return finish_script({ok = true})
 """
 
 OPERATIONS["request_cancel"] = r"""
-local s = load(KEYS[1], REQ.session)
+local s = load(KEYS[1], KEYS[2], KEYS[3], REQ.session)
 local sel = REQ.selection
 local ids = val(sel.ids)
 if not s.exists then return finish_script({requested = {}, not_live = {}, unknown = ids or {}}) end
@@ -584,7 +635,7 @@ return finish_script({requested = requested, not_live = not_live, unknown = unkn
 """
 
 OPERATIONS["cancel_all"] = r"""
-local s = load(KEYS[1], REQ.session)
+local s = load(KEYS[1], KEYS[2], KEYS[3], REQ.session)
 if not s.exists then return finish_script({ids = {}}) end
 local reason = REQ.reason
 local cancelled = {}
@@ -600,9 +651,12 @@ for _, run in ipairs(cancelled) do
     session = s.name, kind = 'result'}, run.k)
   ids[#ids + 1] = run.id
 end
-for _, key in ipairs(s.porder) do uncount(s, s.pending[key]) end
-s.pending = {}
+for _, key in ipairs(s.porder) do
+  uncount(s, s.pending[key])
+  s.pending[key] = nil
+end
 s.porder = {}
+s.lk = {}
 s.queue = {}
 s.cleared = s.seq
 emit_changed(s)
@@ -611,9 +665,9 @@ return finish_script({ids = ids})
 """
 
 OPERATIONS["transfer"] = r"""
-local src = load(KEYS[1], REQ.from_session)
+local src = load(KEYS[1], KEYS[2], KEYS[3], REQ.from_session)
 if not src.exists then return finish_script({ids = {}}) end
-local dst = load(KEYS[2], REQ.to_session)
+local dst = load(KEYS[4], KEYS[5], KEYS[6], REQ.to_session)
 local wanted = nil
 if val(REQ.task_ids) ~= nil then
   wanted = {}
@@ -694,12 +748,15 @@ for _, key in ipairs(src.porder) do
     dst.pending[key] = e
     dst.porder[#dst.porder + 1] = key
     moved_keys[key] = true
-    if e.l ~= nil and src.leases[e.l] ~= nil then
-      local lease = src.leases[e.l]
-      local stub = dst.leases[e.l]
+    local lid = src.lk[key]
+    src.lk[key] = nil
+    dst.lk[key] = lid
+    if lid ~= nil and src.leases[lid] ~= nil then
+      local lease = src.leases[lid]
+      local stub = dst.leases[lid]
       if stub == nil then
         stub = {e = {}, x = lease.x, ep = lease.ep, ex = lease.ex}
-        dst.leases[e.l] = stub
+        dst.leases[lid] = stub
       end
       lease.fw = lease.fw or {}
       if not contains(lease.fw, dst.name) then lease.fw[#lease.fw + 1] = dst.name end
@@ -729,7 +786,7 @@ return finish_script({ids = ids})
 """
 
 OPERATIONS["send"] = r"""
-local s = load(KEYS[1], REQ.session)
+local s = load(KEYS[1], KEYS[2], KEYS[3], REQ.session)
 local target = REQ.target
 local run = resolve(s, target)
 if run == nil then return finish_script(err('unknown_task', {task = target})) end
@@ -744,7 +801,7 @@ return finish_script({ref = ref_of(run)})
 """
 
 OPERATIONS["take_inbox"] = r"""
-local s = load(KEYS[1], REQ.ref[1])
+local s = load(KEYS[1], KEYS[2], KEYS[3], REQ.ref[1])
 local run, moved = find_run(s, REQ.ref)
 if moved then return finish_script({moved = moved}) end
 if run == nil or #run.ib == 0 then return finish_script({messages = {}}) end
@@ -755,7 +812,7 @@ return finish_script({messages = messages})
 """
 
 OPERATIONS["close_inbox"] = r"""
-local s = load(KEYS[1], REQ.ref[1])
+local s = load(KEYS[1], KEYS[2], KEYS[3], REQ.ref[1])
 local run, moved = find_run(s, REQ.ref)
 if moved then return finish_script({moved = moved}) end
 if run ~= nil then run.ic = true; save(s) end
@@ -763,7 +820,7 @@ return finish_script({ok = true})
 """
 
 OPERATIONS["ask"] = r"""
-local s = load(KEYS[1], REQ.ref[1])
+local s = load(KEYS[1], KEYS[2], KEYS[3], REQ.ref[1])
 local run, moved = find_run(s, REQ.ref)
 if moved then return finish_script({moved = moved}) end
 if run == nil or not is_live(run) then return finish_script({id = NULL}) end
@@ -780,7 +837,7 @@ return finish_script({id = nid})
 """
 
 OPERATIONS["lease"] = r"""
-local s = load(KEYS[1], REQ.session)
+local s = load(KEYS[1], KEYS[2], KEYS[3], REQ.session)
 local now = tonumber(REQ.now)
 local dirty = expire(s, now)
 local budget, limit, overhead = val(REQ.max_chars), val(REQ.max_entries), REQ.item_overhead
@@ -788,8 +845,8 @@ local taken, pairs_taken = {}, {}
 local used = 0
 local id = REQ.lease_id
 for _, key in ipairs(s.porder) do
-  local e = s.pending[key]
-  if available(s, e) then
+  if available(s, key) then
+    local e = s.pending[key]
     local n = e.n
     local stop = false
     if budget ~= nil then
@@ -797,7 +854,7 @@ for _, key in ipairs(s.porder) do
       if #taken > 0 and used + weight > budget then stop = true else used = used + weight end
     end
     if stop then break end
-    e.l = id
+    s.lk[key] = id
     pairs_taken[#pairs_taken + 1] = {key, e.v}
     taken[#taken + 1] = n
     if limit ~= nil and #taken >= limit then break end
@@ -815,7 +872,7 @@ return finish_script({lease = {id = id, notifications = taken, expires_at = REQ.
 """
 
 OPERATIONS["confirm"] = r"""
-local s = load(KEYS[1], REQ.session)
+local s = load(KEYS[1], KEYS[2], KEYS[3], REQ.session)
 local dirty = expire(s, tonumber(REQ.now))
 local id = REQ.lease_id
 local lease = s.leases[id]
@@ -827,7 +884,7 @@ s.leases[id] = nil
 local deleted = 0
 for _, pair in ipairs(lease.e) do
   local e = s.pending[pair[1]]
-  if e ~= nil and e.v == pair[2] and e.l == id then
+  if e ~= nil and e.v == pair[2] and s.lk[pair[1]] == id then
     delete_entry(s, pair[1])
     deleted = deleted + 1
   end
@@ -838,7 +895,7 @@ return finish_script({deleted = deleted, fw = lease.fw or {}})
 """
 
 OPERATIONS["give_back"] = r"""
-local s = load(KEYS[1], REQ.session)
+local s = load(KEYS[1], KEYS[2], KEYS[3], REQ.session)
 local id = REQ.lease_id
 local lease = s.leases[id]
 if lease == nil then return finish_script({returned = 0, fw = {}}) end
@@ -854,8 +911,8 @@ for _, pair in ipairs(lease.e) do
   local e = s.pending[pair[1]]
   if only ~= nil and (e == nil or not only[e.n.notification_id]) then
     keep[#keep + 1] = pair
-  elseif e ~= nil and e.l == id then
-    e.l = nil
+  elseif e ~= nil and s.lk[pair[1]] == id then
+    s.lk[pair[1]] = nil
     if not lease.ex then touched = true end
     returned = returned + 1
   end
@@ -868,7 +925,7 @@ return finish_script({returned = returned, fw = fw})
 """
 
 OPERATIONS["acknowledge"] = r"""
-local s = load(KEYS[1], REQ.session)
+local s = load(KEYS[1], KEYS[2], KEYS[3], REQ.session)
 local dirty = expire(s, tonumber(REQ.now))
 local wanted = {}
 for _, nid in ipairs(REQ.ids) do wanted[nid] = true end
@@ -883,7 +940,7 @@ return finish_script({deleted = #doomed})
 """
 
 OPERATIONS["restore"] = r"""
-local s = load(KEYS[1], REQ.session)
+local s = load(KEYS[1], KEYS[2], KEYS[3], REQ.session)
 if not s.exists then return finish_script({restored = 0}) end
 expire(s, tonumber(REQ.now))
 local restored = 0
@@ -922,7 +979,7 @@ return finish_script({restored = restored})
 """
 
 OPERATIONS["recover"] = r"""
-local s = load(KEYS[1], REQ.session)
+local s = load(KEYS[1], KEYS[2], KEYS[3], REQ.session)
 if not s.exists then return finish_script({orphaned = 0, epochs = {}}) end
 local now = tonumber(REQ.now)
 local before = count_available(s)
@@ -955,7 +1012,7 @@ return finish_script({orphaned = #orphans, epochs = epochs})
 """
 
 OPERATIONS["gc_finished"] = r"""
-local s = load(KEYS[1], REQ.session)
+local s = load(KEYS[1], KEYS[2], KEYS[3], REQ.session)
 if not s.exists then return finish_script({removed = 0}) end
 local doomed = {}
 for _, tid in ipairs(s.finished) do
@@ -968,14 +1025,14 @@ return finish_script({removed = #doomed})
 """
 
 OPERATIONS["get"] = r"""
-local s = load(KEYS[1], REQ.session)
+local s = load(KEYS[1], KEYS[2], KEYS[3], REQ.session)
 local run = resolve(s, REQ.key)
 if run == nil then return finish_script({task = NULL}) end
 return finish_script({task = task_of(run, s)})
 """
 
 OPERATIONS["get_run"] = r"""
-local s = load(KEYS[1], REQ.ref[1])
+local s = load(KEYS[1], KEYS[2], KEYS[3], REQ.ref[1])
 local run, moved = find_run(s, REQ.ref)
 if moved then return finish_script({moved = moved}) end
 if run == nil then return finish_script({task = NULL}) end
@@ -983,7 +1040,7 @@ return finish_script({task = task_of(run, s), digest = run.dg})
 """
 
 OPERATIONS["list"] = r"""
-local s = load(KEYS[1], REQ.session)
+local s = load(KEYS[1], KEYS[2], KEYS[3], REQ.session)
 local status, kind, parent = val(REQ.status), val(REQ.kind), val(REQ.parent)
 local tasks = {}
 for _, g in pairs(s.records) do
@@ -996,7 +1053,7 @@ return finish_script({tasks = tasks})
 """
 
 OPERATIONS["counts"] = r"""
-local s = load(KEYS[1], REQ.session)
+local s = load(KEYS[1], KEYS[2], KEYS[3], REQ.session)
 local now = tonumber(REQ.now)
 if expire(s, now) then save(s) end
 local next_expiry = nil
@@ -1011,24 +1068,23 @@ return finish_script({live = #s.live, running = s.running, queued = s.queued, pe
 """
 
 OPERATIONS["leases"] = r"""
-local s = load(KEYS[1], REQ.session)
+local s = load(KEYS[1], KEYS[2], KEYS[3], REQ.session)
 if expire(s, tonumber(REQ.now)) then save(s) end
 return finish_script({leases = lease_infos(s, tonumber(REQ.now))})
 """
 
 OPERATIONS["pending"] = r"""
-local s = load(KEYS[1], REQ.session)
+local s = load(KEYS[1], KEYS[2], KEYS[3], REQ.session)
 if expire(s, tonumber(REQ.now)) then save(s) end
 local found = {}
 for _, key in ipairs(s.porder) do
-  local e = s.pending[key]
-  if available(s, e) then found[#found + 1] = e.n end
+  if available(s, key) then found[#found + 1] = s.pending[key].n end
 end
 return finish_script({notifications = found})
 """
 
 OPERATIONS["info"] = r"""
-local s = load(KEYS[1], REQ.session)
+local s = load(KEYS[1], KEYS[2], KEYS[3], REQ.session)
 local paths = {}
 for _, key in ipairs(s.porder) do
   local rp = s.pending[key].rp
@@ -1044,7 +1100,7 @@ return finish_script({used = next(s.records) ~= nil or #s.porder > 0, paths = pa
 
 OPERATIONS["admit"] = r"""
 -- a store-wide slot was reserved for this session: admit its oldest queued capped run with it
-local s = load(KEYS[1], REQ.session)
+local s = load(KEYS[1], KEYS[2], KEYS[3], REQ.session)
 local admitted = false
 if s.exists and (s.cap == nil or s.crun < s.cap) then admitted = admit_from(s, true) end
 if admitted then emit_changed(s); save(s) end
