@@ -7,8 +7,9 @@ number of round trips with plain commands:
 * **per task** — finish + lease + confirm of one task (3 scripts) against SET + GET + DEL;
 * **throughput** — 8 producer processes each inserting and finishing tasks (2 scripts each)
   against 8 processes doing 2 plain commands per item;
-* **wake-up** — a waiter on one connection woken by a finish on another (through the effects
-  channel and the listener thread) against a bare PUBLISH seen by a subscriber thread.
+* **wake-up** — a finish on one connection until the other connection's listener thread hands
+  the change to its store (what wakes its waiters), against a bare PUBLISH seen by a
+  subscriber thread.
 
 ``python -m benchmarks.redis_figures [--rounds N] [--tasks N] [--check]``; ``--check`` exits
 non-zero when a target is missed (per task <= 1.5x).
@@ -34,7 +35,7 @@ import redis  # noqa: E402
 
 from followups import BackgroundStore, FollowupSettings, TaskState  # noqa: E402
 from followups.bounding import report_digest  # noqa: E402
-from followups.ledger import CreateRequest, FinishReport, LeaseRequest  # noqa: E402
+from followups.ledger import CreateRequest, FinishReport, LeaseRequest, SessionChanged  # noqa: E402
 from followups.ledger.redis import RedisBackend  # noqa: E402
 
 TARGET_PER_TASK = 1.5
@@ -118,44 +119,58 @@ def throughput_round(url: str, items: int, producers: int = 8) -> tuple[float, f
 
 
 def wakeup_round(url: str, samples: int) -> tuple[float, float]:
+    """Time from a finish on one connection to the other connection's listener thread handing
+    the session's change to its store (what wakes that store's waiters)."""
     settings = FollowupSettings(relay_dir=Path(tempfile.gettempdir()) / "followups-bench-relay")
     prefix = f"bench-{uuid.uuid4().hex[:8]}"
     waiter_store = BackgroundStore.open(f"{url}?prefix={prefix}", settings)
     maker_store = BackgroundStore.open(f"{url}?prefix={prefix}", settings)
-    signal = waiter_store._core.signal("s")
-    ours = []
-    for i in range(samples):
-        version = signal.version
-        woke = threading.Event()
+    backend = waiter_store.backend
+    assert isinstance(backend, RedisBackend)
+    woke = threading.Event()
+    dispatch = backend._dispatch
 
-        def watch(version: int = version, woke: threading.Event = woke) -> None:
-            while signal.version == version:
-                time.sleep(0)
+    def watching(effects: list[object]) -> None:
+        dispatch(effects)  # type: ignore[arg-type]
+        if any(isinstance(effect, SessionChanged) for effect in effects):
             woke.set()
 
+    backend._dispatch = watching  # type: ignore[method-assign]
+    ours = []
+    for i in range(samples):
         ref = maker_store.session("s").insert(f"t{i}")
         time.sleep(0.002)
-        version = signal.version
-        watcher = threading.Thread(target=watch, args=(version, woke))
-        watcher.start()
+        woke.clear()
         start = time.perf_counter()
         maker_store.session("s").notify(ref, TaskState.completed("x"))
         woke.wait(5)
         ours.append(time.perf_counter() - start)
-        watcher.join()
     waiter_store.close()
     maker_store.close()
     client = redis.Redis.from_url(url)
     subscriber = redis.Redis.from_url(url).pubsub()
     subscriber.subscribe("bench:floor")
     subscriber.get_message(timeout=1)
+    got = threading.Event()
+    stop = threading.Event()
+
+    def listen() -> None:
+        while not stop.is_set():
+            if subscriber.get_message(timeout=0.2) is not None:
+                got.set()
+
+    listener = threading.Thread(target=listen)
+    listener.start()
     floors = []
     for _ in range(samples):
+        time.sleep(0.002)
+        got.clear()
         start = time.perf_counter()
         client.publish("bench:floor", "x")
-        while subscriber.get_message(timeout=1) is None:
-            pass
+        got.wait(5)
         floors.append(time.perf_counter() - start)
+    stop.set()
+    listener.join()
     subscriber.close()
     client.close()
     return statistics.median(ours), statistics.median(floors)

@@ -249,10 +249,8 @@ def test_the_cap_holds_across_four_worker_processes(
 def test_many_producers_and_consumers_deliver_each_result_once_in_finish_order(
     redis_server: RedisServer, url: str, tmp_path: Path, workers: list[Worker], client: redis.Redis
 ) -> None:
-    # 10,000 tasks take about 100 s on two cores (each operation rewrites its session's
-    # document); 2,000 keep the same 8 x 4 x 16 shape within the suite's time budget.
     producers, consumers, sessions = 8, 4, 16
-    per_producer = 2_000 // producers
+    per_producer = 10_000 // producers
     client.delete("observe:delivered")
     relay = str(tmp_path / "relay")
     outs = [tmp_path / f"consumer-{k}.jsonl" for k in range(consumers)]

@@ -75,7 +75,7 @@ from ..state import (
     TaskState,
     TaskStatus,
 )
-from .codec import decode_effects, decode_notification, decode_state, encode_notification
+from .codec import decode_effect, decode_notification, decode_state, encode_notification
 from .protocol import (
     Admission,
     AdmissionRefused,
@@ -175,7 +175,7 @@ def _effects(text: bytes | str) -> builtins.list[Effect]:
         return []
     items = json.loads(text)
     _fix_effect_times(items)
-    return decode_effects(json.dumps(items))
+    return [decode_effect(item) for item in items]
 
 
 def _list(value: Any) -> builtins.list[Any]:
