@@ -165,6 +165,23 @@ def test_concurrent_recovery_orphans_a_dead_workers_task_exactly_once(
             store.close()
 
 
+async def test_a_cancel_for_a_dead_workers_task_is_finished_by_recovery(
+    url: str, tmp_path: Path, workers: list[Worker]
+) -> None:
+    held = spawn(workers, "hold_a_task", url, str(tmp_path / "relay"), "s1")
+    assert held.line().startswith("ready")
+    held.kill()  # the owner is gone before it could carry out the cancel
+    with open_store(url, tmp_path, worker_ttl_seconds=1.0) as store:
+        session = store.session("s1")
+        assert session.cancel("job", "no longer needed")
+        assert session.get("job").state.status is TaskStatus.RUNNING, "a running task waits for its owner"  # type: ignore[union-attr]
+        with trio.fail_after(15):
+            assert await session.wait_for_notification()
+        [notification] = session.drain_notifications()
+        assert notification.state.status is TaskStatus.CANCELLED
+        assert notification.state.text == "no longer needed"
+
+
 async def test_a_lease_held_by_a_killed_consumer_reopens_and_is_delivered_once(
     url: str, tmp_path: Path, workers: list[Worker]
 ) -> None:
@@ -468,3 +485,15 @@ async def test_the_store_wide_cap_holds_across_sessions_and_workers(url: str, tm
     finally:
         for store in stores:
             store.close()
+
+
+def test_redis_urls_name_the_server_and_the_key_prefix() -> None:
+    from followups.ledger.redis import parse_redis_url
+
+    assert parse_redis_url("redis://127.0.0.1:6379/2?prefix=app") == ("redis://127.0.0.1:6379/2", "app")
+    assert parse_redis_url("rediss://user:secret@cache:6380/0") == ("rediss://user:secret@cache:6380/0", "followups")
+    assert parse_redis_url("redis://h:1/0?prefix=p&socket_keepalive=true") == ("redis://h:1/0?socket_keepalive=true", "p")
+    with pytest.raises(ValueError, match="prefix must be non-empty"):
+        parse_redis_url("redis://h:1/0?prefix={x}")
+    with pytest.raises(ValueError, match="names no known backend"):
+        BackgroundStore.open("rediz://h:1/0")
