@@ -497,3 +497,48 @@ def test_redis_urls_name_the_server_and_the_key_prefix() -> None:
         parse_redis_url("redis://h:1/0?prefix={x}")
     with pytest.raises(ValueError, match="names no known backend"):
         BackgroundStore.open("rediz://h:1/0")
+
+
+async def test_a_cancel_published_while_the_owners_listener_was_away_still_reaches_it(
+    url: str, tmp_path: Path, client: redis.Redis
+) -> None:
+    from followups import SubagentPool
+
+    owner = open_store(url, tmp_path)
+    other = open_store(url, tmp_path)
+    ended = trio.Event()
+
+    async def forever() -> str:
+        try:
+            await trio.sleep_forever()
+        finally:
+            ended.set()
+        return "never"
+
+    backend = owner.backend
+    dispatch = backend._dispatch  # type: ignore[attr-defined]
+    lost = threading.Event()
+    deaf = True
+
+    def listener_away(effects: list[object]) -> None:
+        # the owner's listener misses what arrives while it is "away": the cancel is dropped
+        if deaf and threading.current_thread().name == "followups-redis-watch":
+            lost.set()
+            return
+        dispatch(effects)
+
+    backend._dispatch = listener_away  # type: ignore[attr-defined]
+    try:
+        async with SubagentPool(owner.session("s1")) as pool:
+            task_id = pool.spawn(forever)
+            await trio.testing.wait_all_tasks_blocked()
+            assert other.session("s1").cancel(task_id)
+            assert await trio.to_thread.run_sync(lost.wait, 15), "the cancel never reached the owner's listener"
+            deaf = False
+            client.client_kill_filter(_type="pubsub")  # the listener reconnects and catches up
+            with trio.fail_after(15):
+                await ended.wait()
+        assert owner.session("s1").get(task_id).state.status is TaskStatus.CANCELLED  # type: ignore[union-attr]
+    finally:
+        owner.close()
+        other.close()

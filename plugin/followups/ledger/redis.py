@@ -423,6 +423,8 @@ class RedisBackend:
                     if message is None:
                         continue
                     if message["type"] == "subscribe":
+                        if self._pubsub_ready.is_set():
+                            self._resync()  # back after a lost connection
                         self._pubsub_ready.set()
                         delay = 0.05
                         continue
@@ -446,6 +448,19 @@ class RedisBackend:
                     pubsub.close()
                 except (_redis.ConnectionError, OSError) as exc:
                     logger.debug("closing a lost pub/sub connection: %s", exc)
+
+    def _resync(self) -> None:
+        """Carry out what this process's runs may have been owed while the listener was away,
+        and wake every waiter to look again (effects published meanwhile were missed)."""
+        with self._lock:
+            epochs = list(self._listeners)
+        if not epochs:
+            return
+        try:
+            for session in self._all_sessions():
+                self._session_run("resync", session, {"epochs": epochs, "quiet": True})
+        except BackendUnavailable as exc:
+            logger.warning("could not catch up after the listener reconnected (%s)", exc)
 
     # -- runs -----------------------------------------------------------------------------------
 

@@ -114,7 +114,7 @@ local function finish_script(result)
   local fx = '[]'
   if #FX > 0 then
     fx = cjson.encode(FX)
-    redis.call('PUBLISH', CHANNEL, ORIGIN .. '\n' .. fx)
+    if not REQ.quiet then redis.call('PUBLISH', CHANNEL, ORIGIN .. '\n' .. fx) end
   end
   return {cjson.encode(result), fx}
 end
@@ -1097,6 +1097,25 @@ end
 return finish_script({used = next(s.records) ~= nil or #s.porder > 0, paths = paths})
 """
 
+
+OPERATIONS["resync"] = r"""
+-- what a worker may have missed while its listener was away: the actions its live runs are
+-- owed (a cancel requested, a start granted, unread messages), and a change to re-check
+local s = load(KEYS[1], KEYS[2], KEYS[3], REQ.session)
+if not s.exists then return finish_script({}) end
+local mine = {}
+for _, ep in ipairs(REQ.epochs) do mine[ep] = true end
+for i = 1, #s.live do
+  local run = s.runs[s.records[s.live[i]]]
+  if mine[run.ep] then
+    if run.cb ~= nil then emit_action(run, 'cancel', run.cr)
+    elseif run.st == 'running' and run.cap and run.sa == nil then emit_action(run, 'start') end
+    if #run.ib > 0 then emit_action(run, 'inbox') end
+  end
+end
+emit_changed(s)
+return finish_script({})
+"""
 
 OPERATIONS["admit"] = r"""
 -- a store-wide slot was reserved for this session: admit its oldest queued capped run with it
