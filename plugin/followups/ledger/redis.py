@@ -745,13 +745,16 @@ class RedisBackend:
         dead = self._dead_epochs()
         if not dead:
             return 0
-        return self._recover_sessions(now, dead, forget=True)
+        return self._recover_sessions(now, dead, forget=True, expire=False)
 
-    def _recover_sessions(self, now: float, dead: dict[str, str], *, forget: bool) -> int:
+    def _recover_sessions(self, now: float, dead: dict[str, str], *, forget: bool, expire: bool) -> int:
+        """Orphan the live runs of ``dead`` epochs in every session (and, with ``expire``,
+        reopen expired leases at ``now``). The heartbeat's pass does not expire leases: lease
+        times are the callers' clock, which need not be this one."""
         orphaned = 0
         still_live: set[str] = set()
         for session in self._all_sessions():
-            result = self._session_run("recover", session, {"now": _t(now), "dead": dead})
+            result = self._session_run("recover", session, {"now": _t(now), "dead": dead, "expire": expire})
             orphaned += int(result["orphaned"])
             still_live.update(_list(result["epochs"]))
         if forget and dead:
@@ -761,7 +764,7 @@ class RedisBackend:
         return orphaned
 
     def recover(self, *, now: float) -> int:
-        return self._recover_sessions(now, self._dead_epochs(), forget=True)
+        return self._recover_sessions(now, self._dead_epochs(), forget=True, expire=True)
 
     def gc_finished(self, session: str) -> int:
         return int(self._session_run("gc_finished", session, {})["removed"])

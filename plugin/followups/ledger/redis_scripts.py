@@ -983,7 +983,8 @@ local s = load(KEYS[1], KEYS[2], KEYS[3], REQ.session)
 if not s.exists then return finish_script({orphaned = 0, epochs = {}}) end
 local now = tonumber(REQ.now)
 local before = count_available(s)
-local dirty = expire(s, now)
+local dirty = false
+if REQ.expire then dirty = expire(s, now) end  -- a heartbeat's pass only orphans
 local dead = REQ.dead or {}
 local orphans = {}
 for i = 1, #s.live do
