@@ -542,3 +542,11 @@ async def test_a_cancel_published_while_the_owners_listener_was_away_still_reach
     finally:
         owner.close()
         other.close()
+
+
+def test_opening_a_store_on_an_unreachable_server_names_it(tmp_path: Path) -> None:
+    from redis_server import free_port
+
+    port = free_port()
+    with pytest.raises(StoreUnavailable, match=rf"127\.0\.0\.1:{port}"):
+        open_store(f"redis://127.0.0.1:{port}/0", tmp_path, redis_timeout_seconds=0.5)

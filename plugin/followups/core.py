@@ -75,7 +75,7 @@ class StoreCore:
         self.owns_backend = False
         self._closed = False
         self._background: concurrent.futures.ThreadPoolExecutor | None = None
-        self.epoch = backend.connect(self, now=clock())
+        self.epoch = self.call(backend.connect, self, now=clock())
         self._stop_referencing = self.relay.add_referenced_paths(backend.referenced_relay_paths)
 
     # -- LedgerListener -----------------------------------------------------------------------

@@ -68,7 +68,12 @@ class BackgroundStore(Session):
         ``sqlite:////absolute/path.db``, ``redis://host:port/db``. ``options`` go to
         :class:`BackgroundStore`. Raises ``ValueError`` for a URL no backend takes."""
         settings = settings or FollowupSettings()
-        store = cls(settings, backend=open_backend(url, settings), **options)
+        backend = open_backend(url, settings)
+        try:
+            store = cls(settings, backend=backend, **options)
+        except BaseException:
+            backend.close()
+            raise
         store._core.owns_backend = True
         return store
 
