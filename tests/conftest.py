@@ -5,10 +5,12 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+
+from redis_server import INSTALL_HINT, RedisServer, redis_server_binary
 
 from followups import BackgroundStore, FollowupSettings
 
@@ -55,3 +57,30 @@ def run_example(tmp_path: Path) -> Callable[[str], str]:
         return result.stdout
 
     return run
+
+
+# -- a real redis-server for the Redis backend's tests ------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    """One ``redis-server`` per test session, on a free loopback port, AOF on. Skipped with how
+    to install it when the binary is missing, unless ``FOLLOWUPS_REQUIRE_REDIS=1``."""
+    if redis_server_binary() is None:
+        message = f"{INSTALL_HINT}; the Redis backend's tests need it"
+        if os.environ.get("FOLLOWUPS_REQUIRE_REDIS") == "1":
+            pytest.fail(message + " (FOLLOWUPS_REQUIRE_REDIS=1)", pytrace=False)
+        pytest.skip(message)
+    try:
+        import redis  # noqa: F401
+    except ImportError:
+        message = "the Redis backend's tests need the redis extra: pip install -e '.[redis]'"
+        if os.environ.get("FOLLOWUPS_REQUIRE_REDIS") == "1":
+            pytest.fail(message + " (FOLLOWUPS_REQUIRE_REDIS=1)", pytrace=False)
+        pytest.skip(message)
+    server = RedisServer(tmp_path_factory.mktemp("redis"))
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from followups import BackgroundStore, FollowupSettings, NameInUse, TaskState
-from followups.ledger import BackendUnavailable, MemoryBackend, open_backend, resolve_store_url
+from followups import BackgroundStore, FollowupSettings, NameInUse, StoreUnavailable, TaskState
+from followups.ledger import MemoryBackend, open_backend, resolve_store_url
 from followups.ledger.sqlite import SCHEMA_VERSION, SqliteBackend, default_store_path, sqlite_path
 
 
@@ -104,7 +104,7 @@ def test_a_closed_backend_says_so(tmp_path: Path) -> None:
     store = BackgroundStore.open(f"sqlite:///{tmp_path / 'f.db'}", settings_for(tmp_path))
     backend = store.backend
     store.close()
-    with pytest.raises(BackendUnavailable, match="closed"):
+    with pytest.raises(StoreUnavailable, match="f.db is unavailable: the backend is closed"):
         BackgroundStore(settings_for(tmp_path), backend=backend)
 
 

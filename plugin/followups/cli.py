@@ -55,8 +55,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--store",
         metavar="URL",
         help=(
-            "run on this store: sqlite:///relative.db, sqlite:////absolute.db, or 'durable' for the per-user "
-            f"database ({default_store_path()}); default: in memory"
+            "run on this store: sqlite:///relative.db, sqlite:////absolute.db, 'durable' for the per-user "
+            f"database ({default_store_path()}), or redis://host:port/db; default: in memory"
         ),
     )
     tasks_cli.add_parser(commands)

@@ -77,7 +77,7 @@ class StoreCore:
         self._background: concurrent.futures.ThreadPoolExecutor | None = None
         # a backend's optional fast path for the current run of a task id (see Session.notify)
         self.current_ref: Callable[[str, str], RunRef | None] | None = getattr(backend, "current_ref", None)
-        self.epoch = backend.connect(self, now=clock())
+        self.epoch = self.call(backend.connect, self, now=clock())
         self._stop_referencing = self.relay.add_referenced_paths(backend.referenced_relay_paths)
 
     # -- LedgerListener -----------------------------------------------------------------------

@@ -30,6 +30,8 @@ _NUMBER_FIELDS = (
     "stall_after_seconds",
     "inbox_max_messages",
     "sqlite_busy_timeout_seconds",
+    "worker_ttl_seconds",
+    "redis_timeout_seconds",
 )
 
 
@@ -143,6 +145,16 @@ class FollowupSettings(BaseModel):
         default=5.0,
         ge=0,
         description="How long a SQLite store waits for another process's write lock before an operation fails.",
+    )
+
+    # -- workers sharing a Redis store (redis://) --
+    worker_ttl_seconds: float = Field(
+        default=30.0,
+        gt=0,
+        description="A worker whose heartbeat is this old is gone: its live tasks are orphaned (heartbeat every third).",
+    )
+    redis_timeout_seconds: float = Field(
+        default=5.0, gt=0, description="How long a Redis call may take before the store counts as unavailable."
     )
 
     @field_validator(*_NUMBER_FIELDS, mode="before")

@@ -72,7 +72,12 @@ class BackgroundStore(Session):
         A durable store recovers on open: the live tasks of processes that stopped are failed
         "orphaned" and expired delivery leases reopen."""
         settings = settings or FollowupSettings()
-        store = cls(settings, backend=open_backend(resolve_store_url(url, settings), settings), **options)
+        backend = open_backend(resolve_store_url(url, settings), settings)
+        try:
+            store = cls(settings, backend=backend, **options)
+        except BaseException:
+            backend.close()
+            raise
         store._core.owns_backend = True
         return store
 

@@ -50,10 +50,23 @@ def sqlite_cached_backend(
     return SqliteBackend(path, busy_timeout=settings.sqlite_busy_timeout_seconds)
 
 
+def redis_backend(
+    tmp_path: Path, settings: FollowupSettings, like: LedgerBackend | None, request: pytest.FixtureRequest
+) -> LedgerBackend:
+    """A fresh key prefix on the session's redis-server per test; ``like`` gives a second
+    backend (another worker's connection) on the same prefix."""
+    from followups.ledger.redis import RedisBackend
+
+    server = request.getfixturevalue("redis_server")
+    prefix = like.prefix if isinstance(like, RedisBackend) else f"t-{uuid.uuid4().hex[:12]}"
+    return RedisBackend(server.url, prefix=prefix, worker_ttl_seconds=settings.worker_ttl_seconds)
+
+
 BACKENDS: dict[str, BackendFactory] = {
     "memory": memory_backend,
     "sqlite": sqlite_backend,
     "sqlite-cached": sqlite_cached_backend,
+    "redis": redis_backend,
 }
 
 

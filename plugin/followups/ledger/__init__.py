@@ -74,6 +74,12 @@ def open_backend(url: str, settings: FollowupSettings) -> LedgerBackend:
             busy_timeout=settings.sqlite_busy_timeout_seconds,
             synchronous="FULL" if settings.durability == "full" else "NORMAL",
         )
+    if scheme in ("redis", "rediss"):
+        from .redis import RedisBackend
+
+        return RedisBackend(
+            url, worker_ttl_seconds=settings.worker_ttl_seconds, timeout_seconds=settings.redis_timeout_seconds
+        )
     raise ValueError(
         f"store URL {url!r} names no known backend; use memory://, sqlite:///path/to/file.db or redis://host:port/db"
     )

@@ -27,6 +27,7 @@ from ..state import (
 from .protocol import Effect, RunAction, SessionChanged
 
 __all__ = [
+    "decode_effect",
     "decode_effects",
     "decode_notification",
     "decode_ref",
@@ -185,3 +186,8 @@ def encode_effects(effects: Sequence[Effect]) -> str:
 
 def decode_effects(text: str | bytes) -> list[Effect]:
     return [_decode_effect(item) for item in json.loads(text)]
+
+
+def decode_effect(data: dict[str, Any]) -> Effect:
+    """One effect from its plain-data form (an item of :func:`encode_effects`'s list)."""
+    return _decode_effect(data)
