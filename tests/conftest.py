@@ -15,6 +15,13 @@ from redis_server import INSTALL_HINT, RedisServer, redis_server_binary
 from followups import BackgroundStore, FollowupSettings
 
 
+@pytest.fixture(autouse=True)
+def _private_state_home(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    """No test reads or writes the per-user durable store of whoever runs the suite; child
+    processes inherit the variable."""
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path_factory.mktemp("state")))
+
+
 @pytest.fixture
 def relay_dir(tmp_path: Path) -> Path:
     return tmp_path / "relay"

@@ -1,6 +1,8 @@
 from __future__ import annotations
 
 import io
+import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -46,16 +48,42 @@ def test_demo_honours_the_cap_and_count_options(tmp_path: Path) -> None:
 
 
 def test_demo_command_exits_zero_and_prints_the_reminders(tmp_path: Path) -> None:
+    env = {**os.environ, "XDG_STATE_HOME": str(tmp_path / "state")}
     result = subprocess.run(
-        [sys.executable, "-m", "followups", "demo", "--relay-dir", str(tmp_path)],
+        [sys.executable, "-m", "followups", "demo", "--relay-dir", str(tmp_path / "relay")],
         capture_output=True,
         text=True,
         timeout=120,
+        env=env,
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.count("<system-reminder>") >= 3
     assert "[task " in result.stdout and "] failed: RuntimeError" in result.stdout
     assert "session over" in result.stdout
+
+
+def test_the_demo_command_keeps_its_run_in_the_per_user_database(tmp_path: Path) -> None:
+    env = {**os.environ, "XDG_STATE_HOME": str(tmp_path / "state")}
+    sessions = []
+    for _ in range(2):
+        result = subprocess.run(
+            [sys.executable, "-m", "followups", "demo", "--relay-dir", str(tmp_path / "relay")],
+            capture_output=True, text=True, timeout=120, env=env,
+        )
+        assert result.returncode == 0, result.stderr
+        sessions.append(result.stdout.rstrip().rpartition("--session ")[2])
+    assert (tmp_path / "state" / "followups" / "followups.db").is_file()
+    assert sessions[0] != sessions[1], "each run is a conversation of its own"
+    for session in sessions:
+        listed = subprocess.run(
+            [sys.executable, "-m", "followups", "tasks", "--session", session, "--json"],
+            capture_output=True, text=True, timeout=60, env=env,
+        )
+        assert listed.returncode == 0, listed.stderr
+        tasks = json.loads(listed.stdout)
+        assert {task["session"] for task in tasks} == {session}
+        assert {task["name"] for task in tasks} >= {"readme", "crawler"}
+        assert all(task["status"] not in ("queued", "running") for task in tasks)
 
 
 def test_help_describes_the_options(capsys: pytest.CaptureFixture[str]) -> None:

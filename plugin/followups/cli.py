@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -55,8 +57,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--store",
         metavar="URL",
         help=(
-            "run on this store: sqlite:///relative.db, sqlite:////absolute.db, 'durable' for the per-user "
-            f"database ({default_store_path()}), or redis://host:port/db; default: in memory"
+            "run on this store: 'durable' (the default: the per-user database, "
+            f"{default_store_path()}), sqlite:///relative.db, sqlite:////absolute.db, redis://host:port/db, "
+            "or memory:// to keep nothing"
         ),
     )
     tasks_cli.add_parser(commands)
@@ -67,9 +70,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "tasks":
         return tasks_cli.run(args)
-    store_url = args.store
+    store_url = args.store or "durable"
     if store_url == "durable":
         store_url = f"sqlite:///{default_store_path()}"
+    # each run is a conversation of its own, so a durable store keeps every run apart
+    session = f"demo-{time.strftime('%Y%m%dT%H%M%S')}-{os.getpid()}"
     options = DemoOptions(
         max_concurrent=args.max_concurrent,
         subagents=args.subagents,
@@ -77,6 +82,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         template_dir=args.template_dir,
         relay_dir=args.relay_dir.resolve() if args.relay_dir else None,
         store_url=store_url,
+        session=session,
     )
     try:
         run_demo(options, sys.stdout)

@@ -59,7 +59,8 @@ class DemoOptions:
     backend: str = "trio"
     template_dir: Path | None = None
     relay_dir: Path | None = None
-    store_url: str | None = None
+    store_url: str | None = None  # None: a store in memory
+    session: str | None = None  # None: the store's default session
 
 
 @dataclass
@@ -308,6 +309,7 @@ async def _session(options: DemoOptions, out: TextIO) -> DemoReport:
     )
     transcript = _Transcript(out, report)
     store = BackgroundStore.open(options.store_url, settings) if options.store_url else BackgroundStore(settings)
+    conversation = store.session(options.session) if options.session else store
     script = DemoScript(_descriptions(options.subagents), options.max_concurrent)
     subagents = DemoSubagents()
     out.write(
@@ -317,21 +319,24 @@ async def _session(options: DemoOptions, out: TextIO) -> DemoReport:
     numbers = itertools.count(1)
     with store:
         async with anyio.create_task_group() as status_line:
-            events = store.subscribe()
+            events = conversation.subscribe()
             status_line.start_soon(_show_events, events, transcript)
             async with SubagentPool(
-                store, max_concurrent=options.max_concurrent, id_factory=lambda: f"sub{next(numbers)}"
+                conversation, max_concurrent=options.max_concurrent, id_factory=lambda: f"sub{next(numbers)}"
             ) as pool:
                 subagents.pool = pool
                 tools = [*task_tools(pool, subagents), shell_tool(pool)]
                 model = _ShowingModel(ScriptedModel(itertools.repeat(script)), transcript)
                 loop = AgentLoop(model, tools, idle_resume=pool, max_model_calls=100)
-                FollowupPlugin(store).register(loop)
+                FollowupPlugin(conversation).register(loop)
                 final = await loop.run("Audit this repository: use background subagents for the slow parts.")
             await anyio.sleep(0)  # let the status line show the last events
             events.close()
     report.outcomes = dict(script.outcomes)
     out.write(f"\n══ session over ══\n{final.content}\n")
+    if options.store_url and not options.store_url.lower().startswith("memory:"):
+        listing = f"followups tasks --store {options.store_url}" + (f" --session {options.session}" if options.session else "")
+        out.write(f"Its tasks are kept in {options.store_url}; list them with: {listing}\n")
     return report
 
 
