@@ -37,7 +37,7 @@ import dataclasses
 import inspect
 import json
 import weakref
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -50,7 +50,7 @@ from agents.stream_events import StreamEvent
 from agents.tool_context import ToolContext
 
 from ..blocking import BlockingPool
-from ..delivery import ReminderDelivery, take_followup
+from ..delivery import ReminderDelivery, label_delivery, settle_from_texts, take_followup
 from ..pool import SubagentPool
 from ..reminders import ReminderRenderer
 from ..session import Session
@@ -65,6 +65,7 @@ __all__ = [
     "followup_function_tools",
     "place_reminders",
     "reminder_item",
+    "user_texts",
 ]
 
 ModelInputFilter = Callable[[CallModelData[Any]], ModelInputData | Awaitable[ModelInputData]]
@@ -76,6 +77,21 @@ def reminder_item(text: str) -> TResponseInputItem:
     """The user-role input item that carries a reminder: the shape the SDK itself gives a
     string input (``{"role": "user", "content": text}``)."""
     return {"role": "user", "content": text}
+
+
+def user_texts(items: Sequence[object]) -> Iterator[str]:
+    """The texts of the user-role message items in ``items`` (a string ``content``, or its
+    ``input_text`` parts): where a reminder rides, and what recognises one in a history."""
+    for item in items:
+        if not isinstance(item, Mapping) or item.get("role") != "user":
+            continue
+        content = item.get("content")
+        if isinstance(content, str):
+            yield content
+        elif isinstance(content, list):
+            for part in content:
+                if isinstance(part, Mapping) and part.get("type") == "input_text" and isinstance(part.get("text"), str):
+                    yield part["text"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -175,14 +191,17 @@ class _RunReminders:
         renderer: ReminderRenderer | None,
         user_filter: ModelInputFilter | None,
         placed: Sequence[PlacedReminder] = (),
+        in_flight: Collection[str] = (),
     ) -> None:
         self._store = store
+        self._in_flight = in_flight
         self._renderer = renderer
         self._user_filter = user_filter
         self._agent: Agent[Any] | None = None
         self._history: list[TResponseInputItem] = []
         self._placed: list[PlacedReminder] = list(placed)
         self._deliveries: list[ReminderDelivery] = []
+        self._history_settled = False
 
     @property
     def placed(self) -> tuple[PlacedReminder, ...]:
@@ -199,9 +218,15 @@ class _RunReminders:
         runner_input = list(data.model_data.input)
         model_data = data.model_data
         if self._is_own_call(data.agent, runner_input):
+            if not self._history_settled:
+                # A reminder found in the history (a saved Session, an input list) whose delivery
+                # was never settled, by a run that died, is delivered already.
+                self._history_settled = True
+                settle_from_texts(self._store, user_texts(runner_input), in_flight=self._in_flight)
             model_input = place_reminders(runner_input, self._placed)
             delivery = take_followup(self._store, self._renderer)
             if delivery is not None:
+                label_delivery(delivery, user_texts(model_input))
                 self._deliveries.append(delivery)
                 self._placed.append(PlacedReminder(len(runner_input), delivery.text, delivery.task_ids))
                 model_input.append(reminder_item(delivery.text))
@@ -329,7 +354,12 @@ class FollowupRunner:
             resumes += 1
             try:
                 run = await self._run_once(
-                    followups_session, run.result.last_agent, next_input, run_config, runner_options
+                    followups_session,
+                    run.result.last_agent,
+                    next_input,
+                    run_config,
+                    runner_options,
+                    () if delivery is None else (delivery.lease_id,),
                 )
             except BaseException:
                 if delivery is not None:
@@ -406,11 +436,11 @@ class FollowupRunner:
             )
 
     def _reminders(
-        self, session: Session, input: object, run_config: RunConfig | None
+        self, session: Session, input: object, run_config: RunConfig | None, in_flight: Collection[str] = ()
     ) -> tuple[_RunReminders, RunConfig]:
         base_config = run_config or RunConfig()
         seeded = _reminders_of(input) if isinstance(input, RunState) else ()
-        reminders = _RunReminders(session, self.renderer, base_config.call_model_input_filter, seeded)
+        reminders = _RunReminders(session, self.renderer, base_config.call_model_input_filter, seeded, in_flight)
         config = dataclasses.replace(base_config, call_model_input_filter=reminders.filter_model_input)
         return reminders, config
 
@@ -421,8 +451,9 @@ class FollowupRunner:
         input: str | list[TResponseInputItem] | RunState[Any, Any],
         run_config: RunConfig | None,
         runner_options: dict[str, Any],
+        in_flight: Collection[str] = (),
     ) -> FollowupRunResult:
-        reminders, config = self._reminders(session, input, run_config)
+        reminders, config = self._reminders(session, input, run_config, in_flight)
         try:
             result = await Runner.run(agent, input, run_config=config, **runner_options)
             sdk_session: AgentsSession | None = runner_options.get("session")
@@ -450,6 +481,7 @@ class FollowupRunner:
         delivery = take_followup(session, self.renderer)
         if delivery is None:
             return None
+        label_delivery(delivery, user_texts(run.to_input_list()))
         return delivery.text, delivery
 
 
