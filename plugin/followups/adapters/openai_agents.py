@@ -20,7 +20,12 @@ Settlement of the :class:`~followups.ReminderDelivery` taken at each model call 
 run that returns confirms every reminder it carried (they are in the result's history); a run
 that raises or is cancelled gives them all back, so the next run delivers them again. A run
 that fails after the model saw a reminder discards the model's answer too, so delivering it
-again keeps the history the caller keeps complete and free of repeats.
+again keeps the history the caller keeps complete and free of repeats. An input item has no
+metadata field that the SDK keeps and the API accepts, so each delivery is labelled
+(:func:`followups.delivery.label_delivery`) and the first model call of every run settles, by
+their exact text, the reminders its history (the input list, or the SDK ``Session``'s items)
+already carries (:func:`followups.delivery.settle_from_texts`): a history saved by a process that
+died holding a lease is not sent that reminder again, even after the lease expired.
 
 Conversations: an SDK ``Session`` (``session=``) keeps the history itself; the runner maps it to
 ``store.session(session.session_id)`` (else the store's default session, or ``conversation=``)
