@@ -700,3 +700,29 @@ def test_an_idle_wait_past_its_timeout_ends_the_run_and_leaves_the_result_to_com
         while pool.live_count():
             pool.wait_for_change(timeout=10)
     assert store.pending_count() == 1
+
+
+def test_a_run_ending_on_a_return_direct_tool_wakes_up_when_a_result_arrives(store: BackgroundStore) -> None:
+    release = threading.Event()
+
+    async def subagent(request: TaskRequest) -> str:
+        await anyio.to_thread.run_sync(release.wait)
+        return RESULT
+
+    @tool(return_direct=True)
+    def publish(summary: str) -> str:
+        """Publish the summary to the user and end the turn."""
+        release.set()
+        return f"published: {summary}"
+
+    model = scripted(start_search(), call("publish", "call-publish", summary="searching"), "There are 3 flaky tests.")
+    with BlockingPool(store, id_factory=search_ids().__next__) as pool:
+        agent = create_agent(
+            model, tools=[*langchain_task_tools(pool.pool, subagent), publish], middleware=[FollowupMiddleware(store)]
+        )
+        result = agent.invoke({"messages": [HumanMessage("Find the flaky tests.")]})
+    assert result["messages"][-1].text == "There are 3 flaky tests."
+    assert len(model.inputs) == 3
+    assert model.inputs[2][-2].text == "published: searching"
+    assert RESULT in the_reminder(model.inputs[2]).text
+    assert not store.has_pending_notifications() and store.leases() == []

@@ -552,3 +552,32 @@ def test_a_reminder_the_dead_run_never_saved_is_delivered_after_its_lease_expire
     reminders = [item["content"] for item in call.input if is_reminder(item)]
     assert len(reminders) == 2 and reminders[0] == reminders[1]  # the old one, and the lost one delivered anew
     assert store.pending_count() == 0 and store.leases() == []
+
+
+def test_an_idle_wake_up_with_an_sdk_session_keeps_its_reminder_there_once(store: BackgroundStore) -> None:
+    conversation = store.session("conv")
+    may_finish = asyncio.Event()
+    model = ScriptedModel(
+        [
+            start_review(),
+            releasing(may_finish, say("The review is running.", "msg-1")),
+            say("The review found one unused import.", "msg-2"),
+            say("Nothing else.", "msg-3"),
+        ]
+    )
+    sdk_session = SQLiteSession("conv")
+
+    async def main() -> list[Any]:
+        async with SubagentPool(conversation, id_factory=ids("review-1")) as pool:
+            agent = Agent(name="assistant", model=model, tools=followup_function_tools(pool, reviewer(may_finish)))
+            runner = FollowupRunner(store)
+            run = await runner.run(agent, "Review my diff.", run_config=CONFIG, session=sdk_session)
+            assert run.idle_resumes == 1
+            await runner.run(agent, "Anything else?", run_config=CONFIG, session=sdk_session)
+        return await sdk_session.get_items()
+
+    saved = asyncio.run(main())
+    assert [REVIEW_REPORT in item["content"] for item in saved if is_reminder(item)] == [True]
+    assert sum(is_reminder(item) for item in model.calls[3].input) == 1
+    assert conversation.pending_count() == 0 and conversation.leases() == []
+    assert not store.reminder_labels.has_any(conversation.id)

@@ -486,7 +486,11 @@ class FollowupRunner:
         delivery = take_followup(session, self.renderer)
         if delivery is None:
             return None
-        label_delivery(delivery, user_texts(run.to_input_list()))
+        try:
+            label_delivery(delivery, user_texts(await sdk_session.get_items()))
+        except BaseException:
+            delivery.give_back()
+            raise
         return delivery.text, delivery
 
 
