@@ -747,3 +747,19 @@ async def test_a_reminder_lost_with_the_process_is_delivered_after_its_lease_exp
     assert len(reminders_in({"messages": retry})) == 2  # the kept one, and the lost one delivered anew
     call.confirm()
     assert store.pending_count() == 0 and store.leases() == []
+
+
+def test_a_reminder_the_next_call_finds_in_the_messages_stays_there_when_its_holder_gives_it_back(
+    store: BackgroundStore,
+) -> None:
+    messages: list[MessageParam] = [{"role": "user", "content": "What finished?"}]
+    finish(store, "lint", "no problems")
+    first = reminder_for_call(store, messages)  # settled by hand, later
+    assert first.text is not None
+    messages.append({"role": "assistant", "content": "Noted."})
+    messages.append({"role": "user", "content": "And now?"})
+    second = reminder_for_call(store, messages)  # the list carries the first reminder: it is confirmed
+    assert second.delivery is None
+    assert first.give_back() == 0  # too late: the history has it, so it stays
+    assert [text for _, text in reminders_in({"messages": messages})] == [first.text]
+    assert store.pending_count() == 0 and store.leases() == []

@@ -16,6 +16,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import threading
+import weakref
 from collections import Counter
 from collections.abc import Callable, Collection, Iterable, Sequence
 from types import TracebackType
@@ -48,7 +49,17 @@ class ReminderDelivery:
     (:meth:`Session.acknowledge`).
     """
 
-    __slots__ = ("_labelled", "_lock", "_settled", "expires_at", "lease_id", "notifications", "session", "text")
+    __slots__ = (
+        "__weakref__",
+        "_labelled",
+        "_lock",
+        "_settled",
+        "expires_at",
+        "lease_id",
+        "notifications",
+        "session",
+        "text",
+    )
 
     def __init__(
         self,
@@ -94,6 +105,7 @@ class ReminderDelivery:
                 return False
             self._settled = True
         if self._labelled:
+            _LABELLED.pop(self.lease_id, None)
             self.session.reminder_labels.discard(self.lease_id)
         return True
 
@@ -308,7 +320,13 @@ def label_delivery(delivery: ReminderDelivery, history_texts: Iterable[str] = ()
     )
     delivery.session.reminder_labels.add(label)
     delivery._labelled = True
+    _LABELLED[delivery.lease_id] = delivery
     return label
+
+
+_LABELLED: weakref.WeakValueDictionary[str, ReminderDelivery] = weakref.WeakValueDictionary()
+"""This process's labelled deliveries still unsettled, by lease id: one that a history settles is
+marked settled too, so its holder's later ``give_back`` cannot take back what the history has."""
 
 
 def settle_from_texts(session: Session, texts: Iterable[str], *, in_flight: Collection[str] = ()) -> int:
@@ -317,8 +335,9 @@ def settle_from_texts(session: Session, texts: Iterable[str], *, in_flight: Coll
     more often than before the reminder was added is confirmed and its notifications
     acknowledged, whoever took it and even if its lease expired meanwhile, so a history saved
     by a process that died holding the lease never shows the result twice. A reminder the
-    history does not carry is left to its lease, which gives it back when it expires. Leases
-    in ``in_flight`` are left alone. Returns how many notifications it settled. Reads
+    history does not carry is left to its lease, which gives it back when it expires. A
+    delivery of this process settled this way counts as settled (its holder's later
+    ``give_back`` does nothing). Leases in ``in_flight`` are left alone. Returns how many notifications it settled. Reads
     ``texts`` only when the session has a label; safe from any thread."""
     labels = session.reminder_labels
     if not labels.has_any(session.id):
@@ -335,5 +354,9 @@ def settle_from_texts(session: Session, texts: Iterable[str], *, in_flight: Coll
         return 0
     confirmed, _ = settle_from_history(session, [(label.lease_id, label.notification_ids) for label in found])
     for label in found:
+        held = _LABELLED.pop(label.lease_id, None)
+        if held is not None:
+            with held._lock:
+                held._settled = True
         labels.discard(label.lease_id)
     return confirmed
