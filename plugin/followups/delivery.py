@@ -337,8 +337,9 @@ def settle_from_texts(session: Session, texts: Iterable[str], *, in_flight: Coll
     by a process that died holding the lease never shows the result twice. A reminder the
     history does not carry is left to its lease, which gives it back when it expires. A
     delivery of this process settled this way counts as settled (its holder's later
-    ``give_back`` does nothing). Leases in ``in_flight`` are left alone. Returns how many notifications it settled. Reads
-    ``texts`` only when the session has a label; safe from any thread."""
+    ``give_back`` does nothing). Leases in ``in_flight`` are left alone. Returns how many
+    notifications it settled. Reads ``texts`` only when the session has a label; safe from any
+    thread."""
     labels = session.reminder_labels
     if not labels.has_any(session.id):
         return 0
@@ -352,11 +353,11 @@ def settle_from_texts(session: Session, texts: Iterable[str], *, in_flight: Coll
     ]
     if not found:
         return 0
+    for label in found:
+        held = _LABELLED.get(label.lease_id)
+        if held is not None:
+            held._settle()  # first, so its holder can no longer give it back
     confirmed, _ = settle_from_history(session, [(label.lease_id, label.notification_ids) for label in found])
     for label in found:
-        held = _LABELLED.pop(label.lease_id, None)
-        if held is not None:
-            with held._lock:
-                held._settled = True
         labels.discard(label.lease_id)
     return confirmed

@@ -234,13 +234,14 @@ def reminder_for_call(
     The reminder is the standalone ``followup.j2`` form within the store's
     ``reminder_budget_chars``; what does not fit stays pending. ``renderer`` defaults to the
     store's. Never suspends, so no cancellation can come between the drain and the placement.
-
-    The block carries no metadata (the API accepts none), so the delivery is recognised by its
-    text: a reminder that ``messages`` already holds from a call whose delivery was never
-    settled (a process that died after saving the list) is confirmed first, even after its lease
-    expired, and not delivered a second time.
     If the placement raises (a malformed last message), the notifications go back before the
     error propagates.
+
+    The block carries no metadata (the API accepts no unknown keys), so the delivery is
+    labelled and recognised by its exact text (:func:`followups.delivery.settle_from_texts`): a
+    reminder that ``messages`` already holds from a call whose delivery was never settled (a
+    process that died after saving the list) is confirmed first, even after its lease expired,
+    and not delivered a second time.
     """
     settle_from_texts(store, user_texts(messages))
     delivery = take_followup(store, renderer)
