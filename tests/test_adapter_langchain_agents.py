@@ -100,6 +100,7 @@ class GatedSubagent:
 
     def __init__(self) -> None:
         self.requests: list[TaskRequest] = []
+        self.called = anyio.Event()
         self._release = anyio.Event()
 
     def release(self) -> None:
@@ -107,6 +108,7 @@ class GatedSubagent:
 
     async def __call__(self, request: TaskRequest) -> str:
         self.requests.append(request)
+        self.called.set()
         await self._release.wait()
         return RESULT
 
@@ -165,6 +167,7 @@ async def test_sync_invoke_puts_the_result_in_one_user_turn_that_later_calls_see
             [started] = [message for message in first["messages"] if isinstance(message, ToolMessage)]
             assert started.status == "success"
             assert started.text.startswith("Started background task search (flaky tests).")
+            await subagent.called.wait()  # spawned from the worker thread, it starts on this loop
             assert subagent.requests == [TaskRequest("flaky tests", "find the flaky tests")]
             assert [reminders(model_input) for model_input in model.inputs] == [[], []]
 
