@@ -13,6 +13,7 @@ import json
 import re
 import threading
 from collections.abc import Awaitable, Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import anyio
@@ -27,7 +28,9 @@ from anthropic import AsyncAnthropic  # noqa: E402
 from anthropic.types import Message, MessageParam  # noqa: E402
 from pydantic import BaseModel  # noqa: E402
 
-from followups import BackgroundStore, BlockingPool, SubagentPool, TaskRequest, TaskState, Tool, ToolOutcome, task_tools  # noqa: E402
+from followups import BackgroundStore, BlockingPool, FollowupSettings, SubagentPool, TaskRequest, TaskState, Tool, ToolOutcome, task_tools  # noqa: E402
+from followups.delivery import ReminderDelivery  # noqa: E402
+from helpers import FakeClock  # noqa: E402
 from followups.adapters.anthropic_messages import (  # noqa: E402
     ReminderPlacement,
     add_reminder,
@@ -687,3 +690,76 @@ def test_an_httpx_client_is_refused_by_anthropic_2(store: BackgroundStore) -> No
     httpx = pytest.importorskip("httpx")
     with pytest.raises(TypeError, match="httpx2"):
         AsyncAnthropic(api_key="test", http_client=httpx.AsyncClient())
+
+
+# -- a history saved by a process that died holding the lease --------------------------------
+
+
+def finish(store: BackgroundStore, task_id: str, text: str) -> None:
+    store.insert(task_id)
+    store.notify(task_id, TaskState.completed(text))
+
+
+async def test_messages_saved_by_a_process_that_died_holding_the_lease_are_not_sent_the_reminder_again(
+    relay_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    clock = FakeClock()
+    store = BackgroundStore(FollowupSettings(relay_dir=relay_dir, delivery_lease_seconds=30), clock=clock)
+    api = ScriptedMessagesAPI([lambda body: text_reply("Noted."), lambda body: text_reply("Nothing new.")])
+    messages: list[MessageParam] = [{"role": "user", "content": "What finished?"}]
+    finish(store, "lint", "no problems")
+    async with api.client() as client:
+        # the call succeeds and the list is saved, but the process dies before it confirms
+        monkeypatch.setattr(ReminderDelivery, "_settle", lambda self: False)
+        reply = await create_with_followups(client, store, messages=messages, model=MODEL, max_tokens=64)
+        monkeypatch.undo()
+        answer = {"role": "assistant", "content": [block.model_dump(mode="json") for block in reply.content]}
+        saved = json.loads(json.dumps([*messages, answer]))  # as a file would give it back
+        clock.advance(31)  # its lease expired: the notification is pending again
+        assert store.pending_count() == 1
+        saved.append({"role": "user", "content": "Anything else?"})
+        await create_with_followups(client, store, messages=saved, model=MODEL, max_tokens=64)
+    assert reminder_counts(api) == [1, 1]  # the saved reminder, never a second copy
+    assert reminders_in(api.requests[1]) == reminders_in(api.requests[0])
+    assert store.pending_count() == 0 and store.leases() == []
+    assert not store.reminder_labels.has_any(store.id)
+
+
+async def test_a_reminder_lost_with_the_process_is_delivered_after_its_lease_expires_even_if_an_equal_one_is_kept(
+    relay_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    clock = FakeClock()
+    store = BackgroundStore(FollowupSettings(relay_dir=relay_dir, delivery_lease_seconds=30), clock=clock)
+    messages: list[MessageParam] = [{"role": "user", "content": "What finished?"}]
+    finish(store, "lint", "no problems")
+    with reminder_for_call(store, messages):
+        pass  # delivered and confirmed: the history keeps it
+    kept = [*messages, {"role": "assistant", "content": "Noted."}, {"role": "user", "content": "Again?"}]
+    finish(store, "lint", "no problems")  # the same report again, under a new notification id
+    monkeypatch.setattr(ReminderDelivery, "_settle", lambda self: False)
+    lost = list(kept)
+    reminder_for_call(store, lost)  # taken and placed, then the process (and `lost`) is gone
+    monkeypatch.undo()
+    clock.advance(31)
+    retry = list(kept)
+    call = reminder_for_call(store, retry)
+    assert call.text is not None and call.text == reminders_in({"messages": retry})[0][1]
+    assert len(reminders_in({"messages": retry})) == 2  # the kept one, and the lost one delivered anew
+    call.confirm()
+    assert store.pending_count() == 0 and store.leases() == []
+
+
+def test_a_reminder_the_next_call_finds_in_the_messages_stays_there_when_its_holder_gives_it_back(
+    store: BackgroundStore,
+) -> None:
+    messages: list[MessageParam] = [{"role": "user", "content": "What finished?"}]
+    finish(store, "lint", "no problems")
+    first = reminder_for_call(store, messages)  # settled by hand, later
+    assert first.text is not None
+    messages.append({"role": "assistant", "content": "Noted."})
+    messages.append({"role": "user", "content": "And now?"})
+    second = reminder_for_call(store, messages)  # the list carries the first reminder: it is confirmed
+    assert second.delivery is None
+    assert first.give_back() == 0  # too late: the history has it, so it stays
+    assert [text for _, text in reminders_in({"messages": messages})] == [first.text]
+    assert store.pending_count() == 0 and store.leases() == []

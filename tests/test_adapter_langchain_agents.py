@@ -18,6 +18,7 @@ import anyio  # noqa: E402
 import trio  # noqa: E402
 from langchain.agents import create_agent  # noqa: E402
 from langchain.agents.middleware import ModelRetryMiddleware  # noqa: E402
+from langchain.agents.structured_output import ToolStrategy  # noqa: E402
 from langchain_core.language_models.fake_chat_models import GenericFakeChatModel  # noqa: E402
 from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, SystemMessage, ToolMessage  # noqa: E402
 from langchain_core.outputs import ChatResult  # noqa: E402
@@ -99,6 +100,7 @@ class GatedSubagent:
 
     def __init__(self) -> None:
         self.requests: list[TaskRequest] = []
+        self.called = anyio.Event()
         self._release = anyio.Event()
 
     def release(self) -> None:
@@ -106,6 +108,7 @@ class GatedSubagent:
 
     async def __call__(self, request: TaskRequest) -> str:
         self.requests.append(request)
+        self.called.set()
         await self._release.wait()
         return RESULT
 
@@ -164,6 +167,7 @@ async def test_sync_invoke_puts_the_result_in_one_user_turn_that_later_calls_see
             [started] = [message for message in first["messages"] if isinstance(message, ToolMessage)]
             assert started.status == "success"
             assert started.text.startswith("Started background task search (flaky tests).")
+            await subagent.called.wait()  # spawned from the worker thread, it starts on this loop
             assert subagent.requests == [TaskRequest("flaky tests", "find the flaky tests")]
             assert [reminders(model_input) for model_input in model.inputs] == [[], []]
 
@@ -604,3 +608,124 @@ async def test_a_sync_invoke_on_a_thread_running_a_loop_ends_instead_of_blocking
             subagent.release()
             assert await store.wait_for_notification()
     assert store.pending_count() == 1
+
+
+class FlakyReport(BaseModel):
+    """The structured answer: how many flaky tests there are."""
+
+    count: int
+
+
+def report(count: int, call_id: str) -> AIMessage:
+    return AIMessage(content="", tool_calls=[{"name": "FlakyReport", "args": {"count": count}, "id": call_id, "type": "tool_call"}])
+
+
+@pytest.mark.parametrize("mode", ["invoke", "ainvoke"])
+def test_a_run_ending_on_a_structured_response_wakes_up_when_a_result_arrives(mode: str, store: BackgroundStore) -> None:
+    """Regression: the idle wake-up lived in ``after_model`` and looked for a plain final answer,
+    so a run ending on a structured-output tool response ended with the subagent still running."""
+    model = scripted(start_search(), report(0, "call-report-1"), report(3, "call-report-2"))
+    subagent = GatedSubagent()
+    loop: list[Any] = []
+
+    def release_on_the_first_report(number: int) -> None:
+        if number == 2:
+            loop[0](subagent.release)
+
+    model.on_call = release_on_the_first_report
+
+    async def scenario(invoke: Invoke) -> None:
+        token = anyio.lowlevel.current_token()
+        loop.append(lambda fn: anyio.from_thread.run_sync(fn, token=token) if mode == "invoke" else fn())
+        with anyio.fail_after(30):
+            async with SubagentPool(store, id_factory=search_ids().__next__) as pool:
+                agent = create_agent(
+                    model,
+                    tools=langchain_task_tools(pool, subagent),
+                    response_format=ToolStrategy(FlakyReport),
+                    middleware=[FollowupMiddleware(store)],
+                )
+                result = await invoke(agent, {"messages": [HumanMessage("Count the flaky tests.")]})
+                assert result["structured_response"] == FlakyReport(count=3)
+
+    run_with(mode, scenario)
+    assert len(model.inputs) == 3
+    assert RESULT in the_reminder(model.inputs[2]).text
+    assert not store.has_pending_notifications() and store.leases() == []
+
+
+def test_a_structured_response_run_without_idle_wake_up_or_past_its_bound_ends_at_once(store: BackgroundStore) -> None:
+    release = threading.Event()
+
+    async def subagent(request: TaskRequest) -> str:
+        await anyio.to_thread.run_sync(release.wait)
+        return RESULT
+
+    for middleware in (FollowupMiddleware(store, resume_when_idle=False), FollowupMiddleware(store, max_idle_resumes=0)):
+        model = scripted(start_search(), report(0, "call-report"))
+        with BlockingPool(store) as pool:
+            agent = create_agent(
+                model,
+                tools=langchain_task_tools(pool.pool, subagent),
+                response_format=ToolStrategy(FlakyReport),
+                middleware=[middleware],
+            )
+            result = agent.invoke({"messages": [HumanMessage("Count the flaky tests.")]})
+            assert result["structured_response"] == FlakyReport(count=0)
+            assert pool.live_count() == 1
+            release.set()
+            while pool.live_count():
+                pool.wait_for_change(timeout=10)
+        release.clear()
+        assert store.pending_count() == 1
+        store.drain_notifications()
+
+
+def test_an_idle_wait_past_its_timeout_ends_the_run_and_leaves_the_result_to_come(store: BackgroundStore) -> None:
+    release = threading.Event()
+
+    async def subagent(request: TaskRequest) -> str:
+        await anyio.to_thread.run_sync(release.wait)
+        return RESULT
+
+    model = scripted(start_search(), report(0, "call-report"))
+    with BlockingPool(store) as pool:
+        agent = create_agent(
+            model,
+            tools=langchain_task_tools(pool.pool, subagent),
+            response_format=ToolStrategy(FlakyReport),
+            middleware=[FollowupMiddleware(store, idle_timeout=0.05)],
+        )
+        result = agent.invoke({"messages": [HumanMessage("Count the flaky tests.")]})
+        assert result["structured_response"] == FlakyReport(count=0)
+        assert len(model.inputs) == 2 and pool.live_count() == 1
+        release.set()
+        while pool.live_count():
+            pool.wait_for_change(timeout=10)
+    assert store.pending_count() == 1
+
+
+def test_a_run_ending_on_a_return_direct_tool_wakes_up_when_a_result_arrives(store: BackgroundStore) -> None:
+    release = threading.Event()
+
+    async def subagent(request: TaskRequest) -> str:
+        await anyio.to_thread.run_sync(release.wait)
+        return RESULT
+
+    @tool(return_direct=True)
+    def publish(summary: str) -> str:
+        """Publish the summary to the user and end the turn."""
+        release.set()
+        return f"published: {summary}"
+
+    model = scripted(start_search(), call("publish", "call-publish", summary="searching"), "There are 3 flaky tests.")
+    with BlockingPool(store, id_factory=search_ids().__next__) as pool:
+        agent = create_agent(
+            model, tools=[*langchain_task_tools(pool.pool, subagent), publish], middleware=[FollowupMiddleware(store)]
+        )
+        result = agent.invoke({"messages": [HumanMessage("Find the flaky tests.")]})
+    assert result["messages"][-1].text == "There are 3 flaky tests."
+    assert len(model.inputs) == 3
+    assert model.inputs[2][-2].text == "published: searching"
+    assert RESULT in the_reminder(model.inputs[2]).text
+    assert not store.has_pending_notifications() and store.leases() == []

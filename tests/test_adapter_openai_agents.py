@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import Awaitable, Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -17,7 +18,7 @@ import anyio
 from agents import Agent, RunConfig, SQLiteSession, function_tool
 from agents.run_config import CallModelData, ModelInputData
 from agents.testing import ModelStep, ScriptedModel, assistant_message, function_call
-from followups import BackgroundStore, BlockingPool, SubagentPool, TaskState
+from followups import BackgroundStore, BlockingPool, FollowupSettings, SubagentPool, TaskState
 from followups.adapters.openai_agents import (
     FollowupRunner,
     FollowupRunResult,
@@ -26,7 +27,9 @@ from followups.adapters.openai_agents import (
     followup_function_tools,
     place_reminders,
 )
+from followups.delivery import ReminderDelivery
 from followups.tools import TaskRequest
+from helpers import FakeClock
 
 CONFIG = RunConfig(tracing_disabled=True)
 REVIEW_REPORT = "[task review-1] completed: Reviewed (review the diff): one unused import."
@@ -476,3 +479,105 @@ def test_run_sync_with_a_blocking_pool_delivers_and_wakes_up(store: BackgroundSt
     assert store.pending_count() == 0
     with BlockingPool(store, backend="trio") as trio_pool, pytest.raises(ValueError, match="asyncio"):
         FollowupRunner(store).run_sync(trio_pool, agent, "hi")
+
+
+def died_holding_the_lease(monkeypatch: pytest.MonkeyPatch) -> Callable[[], None]:
+    """Make every delivery unsettleable, as in a process that dies after the history was saved
+    and before it could confirm; the returned function revives settling."""
+    monkeypatch.setattr(ReminderDelivery, "_settle", lambda self: False)
+    return monkeypatch.undo
+
+
+@pytest.mark.parametrize("history_kept_in", ["input list", "SDK session"])
+def test_a_history_saved_by_a_run_that_died_holding_the_lease_is_not_sent_the_reminder_again(
+    relay_dir: Path, monkeypatch: pytest.MonkeyPatch, history_kept_in: str
+) -> None:
+    clock = FakeClock()
+    store = BackgroundStore(FollowupSettings(relay_dir=relay_dir, delivery_lease_seconds=30), clock=clock)
+    sdk_session = SQLiteSession("conv") if history_kept_in == "SDK session" else None
+    conversation = store if sdk_session is None else store.session("conv")
+    conversation.insert("review-1")
+    conversation.notify("review-1", TaskState.completed("one unused import"))
+    dying = ScriptedModel([say("Noted.", "msg-1")])
+    rebuilt = ScriptedModel([say("Nothing new.", "msg-2")])
+
+    async def main() -> None:
+        options: dict[str, Any] = {} if sdk_session is None else {"session": sdk_session}
+        revive = died_holding_the_lease(monkeypatch)
+        run = await FollowupRunner(store, resume_when_idle=False).run(
+            Agent(name="a", model=dying), "hi", run_config=CONFIG, **options
+        )
+        revive()
+        history = run.to_input_list() if sdk_session is None else await sdk_session.get_items()
+        assert sum(is_reminder(item) for item in history) == 1
+        clock.advance(31)  # the dead run's lease expired: the notification is pending again
+        assert conversation.pending_count() == 1
+        follow_up: Any = "anything new?" if sdk_session is not None else [*history, user("anything new?")]
+        await FollowupRunner(store, resume_when_idle=False).run(
+            Agent(name="a", model=rebuilt), follow_up, run_config=CONFIG, **options
+        )
+
+    asyncio.run(main())
+    [call] = rebuilt.calls
+    assert sum(is_reminder(item) for item in call.input) == 1  # the saved one, not a second copy
+    assert conversation.pending_count() == 0 and conversation.leases() == []
+    assert not store.reminder_labels.has_any(conversation.id)
+
+
+def test_a_reminder_the_dead_run_never_saved_is_delivered_after_its_lease_expires(
+    relay_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    clock = FakeClock()
+    store = BackgroundStore(FollowupSettings(relay_dir=relay_dir, delivery_lease_seconds=30), clock=clock)
+    # the same report twice: a copy already in the history must not pass for the lost one
+    store.insert("review-1")
+    store.notify("review-1", TaskState.completed("one unused import"))
+    first = ScriptedModel([say("Noted.", "msg-1")])
+    dying = ScriptedModel([say("Noted again.", "msg-2")])
+    rebuilt = ScriptedModel([say("Got it.", "msg-3")])
+
+    async def main() -> None:
+        runner = FollowupRunner(store, resume_when_idle=False)
+        kept = (await runner.run(Agent(name="a", model=first), "hi", run_config=CONFIG)).to_input_list()
+        store.insert("review-1")
+        store.notify("review-1", TaskState.completed("one unused import"))
+        revive = died_holding_the_lease(monkeypatch)
+        await runner.run(Agent(name="a", model=dying), [*kept, user("again?")], run_config=CONFIG)
+        revive()  # its history was lost with it: the caller still has `kept`
+        clock.advance(31)
+        await runner.run(Agent(name="a", model=rebuilt), [*kept, user("again?")], run_config=CONFIG)
+
+    asyncio.run(main())
+    [call] = rebuilt.calls
+    reminders = [item["content"] for item in call.input if is_reminder(item)]
+    assert len(reminders) == 2 and reminders[0] == reminders[1]  # the old one, and the lost one delivered anew
+    assert store.pending_count() == 0 and store.leases() == []
+
+
+def test_an_idle_wake_up_with_an_sdk_session_keeps_its_reminder_there_once(store: BackgroundStore) -> None:
+    conversation = store.session("conv")
+    may_finish = asyncio.Event()
+    model = ScriptedModel(
+        [
+            start_review(),
+            releasing(may_finish, say("The review is running.", "msg-1")),
+            say("The review found one unused import.", "msg-2"),
+            say("Nothing else.", "msg-3"),
+        ]
+    )
+    sdk_session = SQLiteSession("conv")
+
+    async def main() -> list[Any]:
+        async with SubagentPool(conversation, id_factory=ids("review-1")) as pool:
+            agent = Agent(name="assistant", model=model, tools=followup_function_tools(pool, reviewer(may_finish)))
+            runner = FollowupRunner(store)
+            run = await runner.run(agent, "Review my diff.", run_config=CONFIG, session=sdk_session)
+            assert run.idle_resumes == 1
+            await runner.run(agent, "Anything else?", run_config=CONFIG, session=sdk_session)
+        return await sdk_session.get_items()
+
+    saved = asyncio.run(main())
+    assert [REVIEW_REPORT in item["content"] for item in saved if is_reminder(item)] == [True]
+    assert sum(is_reminder(item) for item in model.calls[3].input) == 1
+    assert conversation.pending_count() == 0 and conversation.leases() == []
+    assert not store.reminder_labels.has_any(conversation.id)

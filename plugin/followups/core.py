@@ -19,6 +19,7 @@ import anyio.to_thread
 from .bounding import OutputBounds, report_digest
 from .errors import StoreUnavailable
 from .events import EventHub
+from .ledger.labels import ReminderLabels, labels_for
 from .ledger.protocol import BackendUnavailable, Effect, FinishReport, LedgerBackend, RunAction, SessionChanged
 from .relay import OutputRelay
 from .reminders import ReminderRenderer
@@ -78,6 +79,7 @@ class StoreCore:
         # a backend's optional fast path for the current run of a task id (see Session.notify)
         self.current_ref: Callable[[str, str], RunRef | None] | None = getattr(backend, "current_ref", None)
         self.epoch = self.call(backend.connect, self, now=clock())
+        self.labels: ReminderLabels = labels_for(backend)
         self._stop_referencing = self.relay.add_referenced_paths(backend.referenced_relay_paths)
 
     # -- LedgerListener -----------------------------------------------------------------------

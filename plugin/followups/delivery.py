@@ -14,15 +14,28 @@ unsettled lives only in this object.
 from __future__ import annotations
 
 import functools
+import hashlib
 import threading
-from collections.abc import Callable, Collection, Sequence
+import weakref
+from collections import Counter
+from collections.abc import Callable, Collection, Iterable, Sequence
 from types import TracebackType
 
+from .ledger.labels import ReminderLabel
 from .reminders import RenderedReminder, ReminderRenderer
 from .session import Session
 from .state import TaskNotification, TaskState
 
-__all__ = ["ReminderDelivery", "take_delivery", "take_followup", "take_prompt_reminder"]
+__all__ = [
+    "ReminderDelivery",
+    "label_delivery",
+    "reminder_digest",
+    "settle_from_history",
+    "settle_from_texts",
+    "take_delivery",
+    "take_followup",
+    "take_prompt_reminder",
+]
 
 
 class ReminderDelivery:
@@ -36,7 +49,17 @@ class ReminderDelivery:
     (:meth:`Session.acknowledge`).
     """
 
-    __slots__ = ("_lock", "_settled", "expires_at", "lease_id", "notifications", "session", "text")
+    __slots__ = (
+        "__weakref__",
+        "_labelled",
+        "_lock",
+        "_settled",
+        "expires_at",
+        "lease_id",
+        "notifications",
+        "session",
+        "text",
+    )
 
     def __init__(
         self,
@@ -54,6 +77,7 @@ class ReminderDelivery:
         self.expires_at = expires_at
         self._lock = threading.Lock()
         self._settled = False
+        self._labelled = False
 
     @property
     def store(self) -> Session:
@@ -80,7 +104,10 @@ class ReminderDelivery:
             if self._settled:
                 return False
             self._settled = True
-            return True
+        if self._labelled:
+            _LABELLED.pop(self.lease_id, None)
+            self.session.reminder_labels.discard(self.lease_id)
+        return True
 
     def confirm(self) -> int:
         """The reminder reached the model: its notifications are delivered for good (except one
@@ -292,3 +319,67 @@ def prompt_frame_chars(renderer: ReminderRenderer) -> int:
     """:func:`followup_frame_chars` for the prepended form (the prompt does not count)."""
     one = [TaskNotification("", TaskState.completed(""))]
     return max(0, len(renderer.render_prompt(one, "", remaining=_MANY_REMAINING)) - prompt_item_overhead(renderer))
+
+
+# -- recognising a reminder by its text ---------------------------------------------------------
+
+
+def reminder_digest(text: str) -> str:
+    """The digest that recognises a reminder by its exact text (blake2b, 128 bits, of its UTF-8
+    form; a lone surrogate counts as U+FFFD)."""
+    return hashlib.blake2b(text.encode("utf-8", "replace"), digest_size=16).hexdigest()
+
+
+def label_delivery(delivery: ReminderDelivery, history_texts: Iterable[str] = ()) -> ReminderLabel:
+    """Label ``delivery`` for a history that keeps no metadata, just before its text is added
+    to it: ``history_texts`` are the texts that history already holds (the user-role ones
+    suffice), counted for copies of the same text. Settling the delivery discards the label.
+    Safe from any thread; costs one pass over ``history_texts``."""
+    text = delivery.text
+    prior = sum(1 for existing in history_texts if existing == text)
+    label = ReminderLabel(
+        delivery.lease_id, delivery.session.id, delivery.notification_ids, reminder_digest(text), prior
+    )
+    delivery.session.reminder_labels.add(label)
+    delivery._labelled = True
+    _LABELLED[delivery.lease_id] = delivery
+    return label
+
+
+_LABELLED: weakref.WeakValueDictionary[str, ReminderDelivery] = weakref.WeakValueDictionary()
+"""This process's labelled deliveries still unsettled, by lease id: one that a history settles is
+marked settled too, so its holder's later ``give_back`` cannot take back what the history has."""
+
+
+def settle_from_texts(session: Session, texts: Iterable[str], *, in_flight: Collection[str] = ()) -> int:
+    """Settle, from the texts of a history that keeps no metadata, the labelled deliveries of
+    ``session`` (:func:`label_delivery`) whose reminder it carries: each one whose text it holds
+    more often than before the reminder was added is confirmed and its notifications
+    acknowledged, whoever took it and even if its lease expired meanwhile, so a history saved
+    by a process that died holding the lease never shows the result twice. A reminder the
+    history does not carry is left to its lease, which gives it back when it expires. A
+    delivery of this process settled this way counts as settled (its holder's later
+    ``give_back`` does nothing). Leases in ``in_flight`` are left alone. Returns how many
+    notifications it settled. Reads ``texts`` only when the session has a label; safe from any
+    thread."""
+    labels = session.reminder_labels
+    if not labels.has_any(session.id):
+        return 0
+    counts = Counter(reminder_digest(text) for text in texts)
+    if not counts:
+        return 0
+    found = [
+        label
+        for label in labels.find(session.id, counts.keys())
+        if counts[label.digest] > label.prior and label.lease_id not in in_flight
+    ]
+    if not found:
+        return 0
+    for label in found:
+        held = _LABELLED.get(label.lease_id)
+        if held is not None:
+            held._settle()  # first, so its holder can no longer give it back
+    confirmed, _ = settle_from_history(session, [(label.lease_id, label.notification_ids) for label in found])
+    for label in found:
+        labels.discard(label.lease_id)
+    return confirmed

@@ -24,6 +24,7 @@ import anyio.lowlevel
 from .core import StoreCore, unavailable
 from .errors import NameInUse
 from .events import Subscription
+from .ledger.labels import ReminderLabels
 from .external import ExternalTask, TaskSpec, register_external
 from .ledger.protocol import (
     Admission,
@@ -439,6 +440,12 @@ class Session:
         if delivered:
             return core.call(core.backend.confirm, lease_id, now=core.clock())
         return core.call(core.backend.give_back, lease_id, now=core.clock(), only=only)
+
+    @property
+    def reminder_labels(self) -> ReminderLabels:
+        """Where this store keeps the labels that recognise reminders by their text in a
+        history without metadata (see :mod:`followups.ledger.labels`)."""
+        return self._core.labels
 
     def leases(self) -> builtins.list[LeaseInfo]:
         """The open leases of this session (each with ``id``, ``task_ids``, ``expires_at``)."""

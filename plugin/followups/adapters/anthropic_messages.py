@@ -32,7 +32,7 @@ the client's constructor raise ``TypeError``; pass an ``httpx2.AsyncClient`` / `
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from types import TracebackType
 from typing import Any, cast
 
@@ -50,7 +50,7 @@ from anthropic.types import (
 )
 
 from ..blocking import BlockingPool
-from ..delivery import ReminderDelivery, take_followup
+from ..delivery import ReminderDelivery, label_delivery, settle_from_texts, take_followup
 from ..reminders import ReminderRenderer
 from ..session import Session
 from ..tools import Tool, ToolOutcome
@@ -69,12 +69,28 @@ __all__ = [
     "run_tool_uses",
     "run_tool_uses_sync",
     "tool_params",
+    "user_texts",
 ]
 
 
 def reminder_block(text: str) -> TextBlockParam:
     """The reminder as a Messages API text block, for a user turn."""
     return {"type": "text", "text": text}
+
+
+def user_texts(messages: Iterable[object]) -> Iterator[str]:
+    """The texts of the user turns in ``messages`` (a string ``content``, or its ``text``
+    blocks): where a reminder rides, and what recognises one in a history."""
+    for message in messages:
+        if not isinstance(message, Mapping) or message.get("role") != "user":
+            continue
+        content = message.get("content")
+        if isinstance(content, str):
+            yield content
+        elif isinstance(content, Sequence):
+            for block in content:
+                if isinstance(block, Mapping) and block.get("type") == "text" and isinstance(block.get("text"), str):
+                    yield block["text"]
 
 
 class ReminderPlacement:
@@ -220,11 +236,19 @@ def reminder_for_call(
     store's. Never suspends, so no cancellation can come between the drain and the placement.
     If the placement raises (a malformed last message), the notifications go back before the
     error propagates.
+
+    The block carries no metadata (the API accepts no unknown keys), so the delivery is
+    labelled and recognised by its exact text (:func:`followups.delivery.settle_from_texts`): a
+    reminder that ``messages`` already holds from a call whose delivery was never settled (a
+    process that died after saving the list) is confirmed first, even after its lease expired,
+    and not delivered a second time.
     """
+    settle_from_texts(store, user_texts(messages))
     delivery = take_followup(store, renderer)
     if delivery is None:
         return CallReminder(None, None)
     try:
+        label_delivery(delivery, user_texts(messages))
         placement = add_reminder(messages, delivery.text)
     except BaseException:
         delivery.give_back()

@@ -4,10 +4,12 @@ Extension points of LangChain used here, all public:
 
 - ``AgentMiddleware`` (``langchain.agents.middleware``): the ``before_model`` /
   ``abefore_model`` hook returns a state update that appends the reminder to the agent's
-  ``messages`` as a ``HumanMessage`` (a user-role turn, never the system prompt), and the
-  ``after_model`` / ``aafter_model`` hook confirms it and, on a final answer with subagents still
-  running, waits and returns ``jump_to="model"`` (``hook_config(can_jump_to=["model"])``); the
-  ``before_agent`` hook starts each run's count of those. Both forms of each hook are implemented,
+  ``messages`` as a ``HumanMessage`` (a user-role turn, never the system prompt), the
+  ``after_model`` / ``aafter_model`` hook confirms it, and the ``after_agent`` / ``aafter_agent``
+  hook, which runs however the run ends (a final answer, a structured-output tool response, a
+  ``return_direct`` tool), waits while subagents are still running and returns
+  ``jump_to="model"`` (``hook_config(can_jump_to=["model"])``); the ``before_agent`` hook starts
+  each run's count of those. Both forms of each hook are implemented,
   so the same middleware serves ``invoke``/``stream`` and ``ainvoke``/``astream``;
 - ``Runtime.execution_info.thread_id`` (LangGraph) to pick each conversation's session, and the
   ``RunnableConfig`` a tool function receives (its ``configurable.thread_id``) for the tools;
@@ -92,10 +94,12 @@ class FollowupMiddleware(AgentMiddleware[AgentState[Any], Any, Any]):
     the failed model call (``wrap_model_call``) because a retrying middleware may still send the
     same request again and a checkpointer may still save it.
 
-    **Idle wake-up** (``resume_when_idle=True``, the default): when the model gives a final answer
-    (no tool calls) while subagents of the conversation are live, ``after_model`` waits for the next
-    result (at most ``idle_timeout`` seconds per wait; None waits while subagents are live), adds
-    its reminder and jumps back to the model (``jump_to="model"``), at most ``max_idle_resumes``
+    **Idle wake-up** (``resume_when_idle=True``, the default): when the run is about to end while
+    subagents of the conversation are live, whatever ended it (a final answer, a structured-output
+    tool response, a ``return_direct`` tool, another middleware's ``jump_to="end"``; not an
+    assistant turn whose tool calls have no results), ``after_agent`` waits for the next result
+    (at most ``idle_timeout`` seconds per wait; None waits while subagents are live), adds its
+    reminder and jumps back to the model (``jump_to="model"``), at most ``max_idle_resumes``
     times per run. The sync hook blocks the thread running ``invoke`` (on a thread that runs an
     event loop it does not wait, and the result stays pending); the async one awaits.
 
@@ -167,11 +171,22 @@ class FollowupMiddleware(AgentMiddleware[AgentState[Any], Any, Any]):
         cannot fall between the lease and the state update."""
         return self._deliver(state, runtime)
 
-    @hook_config(can_jump_to=["model"])
     def after_model(self, state: AgentState[Any], runtime: Runtime[Any]) -> dict[str, Any] | None:
-        """Confirm the reminders in ``state`` (the model call that read them succeeded); on a
-        final answer with live subagents, wait for the next result and go back to the model."""
-        session = self._confirm_sent(state, runtime)
+        """Confirm the reminders in ``state``: the model call that read them succeeded."""
+        self._confirm_sent(state, runtime)
+        return None
+
+    async def aafter_model(self, state: AgentState[Any], runtime: Runtime[Any]) -> dict[str, Any] | None:
+        """:meth:`after_model` for ``ainvoke``/``astream``."""
+        self._confirm_sent(state, runtime)
+        return None
+
+    @hook_config(can_jump_to=["model"])
+    def after_agent(self, state: AgentState[Any], runtime: Runtime[Any]) -> dict[str, Any] | None:
+        """The run is about to end, however it got there (a final answer, a structured-output
+        tool response, a ``return_direct`` tool, another middleware's ``jump_to="end"``): with
+        live subagents, wait for the next result and go back to the model with its reminder."""
+        session = self.session_for(_thread_id(runtime))
         if not self._should_wait(state, runtime, session):
             return None
         if thread_runs_event_loop() is not None and not session.pending_count():
@@ -184,9 +199,9 @@ class FollowupMiddleware(AgentMiddleware[AgentState[Any], Any, Any]):
         return self._resume(session, runtime)
 
     @hook_config(can_jump_to=["model"])
-    async def aafter_model(self, state: AgentState[Any], runtime: Runtime[Any]) -> dict[str, Any] | None:
-        """:meth:`after_model` for ``ainvoke``/``astream``."""
-        session = self._confirm_sent(state, runtime)
+    async def aafter_agent(self, state: AgentState[Any], runtime: Runtime[Any]) -> dict[str, Any] | None:
+        """:meth:`after_agent` for ``ainvoke``/``astream``."""
+        session = self.session_for(_thread_id(runtime))
         if not self._should_wait(state, runtime, session):
             return None
         while session.live_count() and not session.pending_count():
@@ -271,8 +286,8 @@ class FollowupMiddleware(AgentMiddleware[AgentState[Any], Any, Any]):
             return False
         messages = state["messages"]
         last = messages[-1] if messages else None
-        if not isinstance(last, AIMessage) or last.tool_calls:
-            return False
+        if isinstance(last, AIMessage) and last.tool_calls:
+            return False  # a model call now would leave these tool calls without results
         if not session.live_count() and not session.pending_count():
             return False
         with self._lock:

@@ -20,7 +20,12 @@ Settlement of the :class:`~followups.ReminderDelivery` taken at each model call 
 run that returns confirms every reminder it carried (they are in the result's history); a run
 that raises or is cancelled gives them all back, so the next run delivers them again. A run
 that fails after the model saw a reminder discards the model's answer too, so delivering it
-again keeps the history the caller keeps complete and free of repeats.
+again keeps the history the caller keeps complete and free of repeats. An input item has no
+metadata field that the SDK keeps and the API accepts, so each delivery is labelled
+(:func:`followups.delivery.label_delivery`) and the first model call of every run settles, by
+their exact text, the reminders its history (the input list, or the SDK ``Session``'s items)
+already carries (:func:`followups.delivery.settle_from_texts`): a history saved by a process that
+died holding a lease is not sent that reminder again, even after the lease expired.
 
 Conversations: an SDK ``Session`` (``session=``) keeps the history itself; the runner maps it to
 ``store.session(session.session_id)`` (else the store's default session, or ``conversation=``)
@@ -37,7 +42,7 @@ import dataclasses
 import inspect
 import json
 import weakref
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -50,7 +55,7 @@ from agents.stream_events import StreamEvent
 from agents.tool_context import ToolContext
 
 from ..blocking import BlockingPool
-from ..delivery import ReminderDelivery, take_followup
+from ..delivery import ReminderDelivery, label_delivery, settle_from_texts, take_followup
 from ..pool import SubagentPool
 from ..reminders import ReminderRenderer
 from ..session import Session
@@ -65,6 +70,7 @@ __all__ = [
     "followup_function_tools",
     "place_reminders",
     "reminder_item",
+    "user_texts",
 ]
 
 ModelInputFilter = Callable[[CallModelData[Any]], ModelInputData | Awaitable[ModelInputData]]
@@ -76,6 +82,21 @@ def reminder_item(text: str) -> TResponseInputItem:
     """The user-role input item that carries a reminder: the shape the SDK itself gives a
     string input (``{"role": "user", "content": text}``)."""
     return {"role": "user", "content": text}
+
+
+def user_texts(items: Sequence[object]) -> Iterator[str]:
+    """The texts of the user-role message items in ``items`` (a string ``content``, or its
+    ``input_text`` parts): where a reminder rides, and what recognises one in a history."""
+    for item in items:
+        if not isinstance(item, Mapping) or item.get("role") != "user":
+            continue
+        content = item.get("content")
+        if isinstance(content, str):
+            yield content
+        elif isinstance(content, list):
+            for part in content:
+                if isinstance(part, Mapping) and part.get("type") == "input_text" and isinstance(part.get("text"), str):
+                    yield part["text"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -175,14 +196,17 @@ class _RunReminders:
         renderer: ReminderRenderer | None,
         user_filter: ModelInputFilter | None,
         placed: Sequence[PlacedReminder] = (),
+        in_flight: Collection[str] = (),
     ) -> None:
         self._store = store
+        self._in_flight = in_flight
         self._renderer = renderer
         self._user_filter = user_filter
         self._agent: Agent[Any] | None = None
         self._history: list[TResponseInputItem] = []
         self._placed: list[PlacedReminder] = list(placed)
         self._deliveries: list[ReminderDelivery] = []
+        self._history_settled = False
 
     @property
     def placed(self) -> tuple[PlacedReminder, ...]:
@@ -199,9 +223,15 @@ class _RunReminders:
         runner_input = list(data.model_data.input)
         model_data = data.model_data
         if self._is_own_call(data.agent, runner_input):
+            if not self._history_settled:
+                # A reminder found in the history (a saved Session, an input list) whose delivery
+                # was never settled, by a run that died, is delivered already.
+                self._history_settled = True
+                settle_from_texts(self._store, user_texts(runner_input), in_flight=self._in_flight)
             model_input = place_reminders(runner_input, self._placed)
             delivery = take_followup(self._store, self._renderer)
             if delivery is not None:
+                label_delivery(delivery, user_texts(model_input))
                 self._deliveries.append(delivery)
                 self._placed.append(PlacedReminder(len(runner_input), delivery.text, delivery.task_ids))
                 model_input.append(reminder_item(delivery.text))
@@ -329,7 +359,12 @@ class FollowupRunner:
             resumes += 1
             try:
                 run = await self._run_once(
-                    followups_session, run.result.last_agent, next_input, run_config, runner_options
+                    followups_session,
+                    run.result.last_agent,
+                    next_input,
+                    run_config,
+                    runner_options,
+                    () if delivery is None else (delivery.lease_id,),
                 )
             except BaseException:
                 if delivery is not None:
@@ -406,11 +441,11 @@ class FollowupRunner:
             )
 
     def _reminders(
-        self, session: Session, input: object, run_config: RunConfig | None
+        self, session: Session, input: object, run_config: RunConfig | None, in_flight: Collection[str] = ()
     ) -> tuple[_RunReminders, RunConfig]:
         base_config = run_config or RunConfig()
         seeded = _reminders_of(input) if isinstance(input, RunState) else ()
-        reminders = _RunReminders(session, self.renderer, base_config.call_model_input_filter, seeded)
+        reminders = _RunReminders(session, self.renderer, base_config.call_model_input_filter, seeded, in_flight)
         config = dataclasses.replace(base_config, call_model_input_filter=reminders.filter_model_input)
         return reminders, config
 
@@ -421,8 +456,9 @@ class FollowupRunner:
         input: str | list[TResponseInputItem] | RunState[Any, Any],
         run_config: RunConfig | None,
         runner_options: dict[str, Any],
+        in_flight: Collection[str] = (),
     ) -> FollowupRunResult:
-        reminders, config = self._reminders(session, input, run_config)
+        reminders, config = self._reminders(session, input, run_config, in_flight)
         try:
             result = await Runner.run(agent, input, run_config=config, **runner_options)
             sdk_session: AgentsSession | None = runner_options.get("session")
@@ -450,6 +486,11 @@ class FollowupRunner:
         delivery = take_followup(session, self.renderer)
         if delivery is None:
             return None
+        try:
+            label_delivery(delivery, user_texts(await sdk_session.get_items()))
+        except BaseException:
+            delivery.give_back()
+            raise
         return delivery.text, delivery
 
 
