@@ -57,6 +57,7 @@ except ImportError:  # not POSIX: the store cannot tell a live process's epoch f
 from ..state import BackgroundTask, LeaseInfo, RunRef, TaskFinished, TaskNotification, TaskRegistered, TaskState, TaskStatus
 from .memory import MemoryBackend, _Entry, _Lease, _notification, _Run, _Session
 from .protocol import BackendUnavailable, Effect, LedgerListener, RunAction, SessionCounts
+from .sqlite_labels import LABELS_TABLE, SqliteReminderLabels
 
 _T = TypeVar("_T")
 
@@ -64,7 +65,7 @@ __all__ = ["SCHEMA_VERSION", "SqliteBackend", "default_store_path", "sqlite_path
 
 logger = logging.getLogger("followups.ledger.sqlite")
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 """The version of the database layout this module writes; older files are migrated on open."""
 
 _LIVE = frozenset({TaskStatus.QUEUED, TaskStatus.RUNNING})
@@ -153,7 +154,7 @@ CREATE TABLE epochs (
 );
 """
 
-_MIGRATIONS: dict[int, str] = {1: _SCHEMA_V1}
+_MIGRATIONS: dict[int, str] = {1: _SCHEMA_V1, 2: LABELS_TABLE}
 """``_MIGRATIONS[n]`` takes a database from version ``n - 1`` to ``n`` (0 is an empty file)."""
 
 _RUN_COLUMNS = (
@@ -536,6 +537,7 @@ class SqliteBackend(MemoryBackend):
             if isinstance(exc, sqlite3.Error):
                 raise BackendUnavailable(f"could not open the database: {exc}", where=self.url) from exc
             raise
+        self.reminder_labels = SqliteReminderLabels(self.path, busy_timeout=busy_timeout)
         for suffix in ("-wal", "-shm"):
             side = self.path.with_name(self.path.name + suffix)
             if side.exists():
@@ -987,6 +989,7 @@ class SqliteBackend(MemoryBackend):
             self._listeners.clear()
             self._listening = ()
             self._conn.close()
+            self.reminder_labels.close()
         finally:
             self._tx.release()
         with _neighbours_lock:
