@@ -242,6 +242,9 @@ class RedisBackend:
         self._heartbeat: threading.Thread | None = None
         self._pubsub_ready = threading.Event()
         self._call_hook: Any = None  # tests: called with (operation, keys) before each script
+        from .redis_labels import RedisReminderLabels  # imports redis, which this module does only if present
+
+        self.reminder_labels = RedisReminderLabels(self._client, self.prefix)
 
     # -- keys -----------------------------------------------------------------------------------
 
