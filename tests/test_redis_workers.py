@@ -430,6 +430,42 @@ def test_the_demo_runs_on_a_redis_store(url: str, tmp_path: Path) -> None:
     assert "session over" in result.stdout
 
 
+def test_the_demo_runs_its_subagents_in_worker_processes_and_delivers_each_result_once(url: str, tmp_path: Path) -> None:
+    import re
+
+    demo = subprocess.Popen(
+        [sys.executable, "-m", "followups", "demo", "--store", url, "--workers", "2", "--relay-dir", str(tmp_path / "relay")],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        out, err = demo.communicate(timeout=120)
+    finally:
+        if demo.poll() is None:
+            demo.kill()
+            demo.wait(timeout=10)
+    assert demo.returncode == 0, err
+    header = re.search(r"in 2 worker processes \(pids (\d+), (\d+)\) of session (\S+),", out)
+    assert header, out[:500]
+    worker_pids = {int(header.group(1)), int(header.group(2))}
+    assert demo.pid not in worker_pids
+    delivered = re.findall(r"^\s*\[task (\S+)\] (completed|failed|cancelled): (.*)$", out, re.M)
+    ids = [task_id for task_id, _, _ in delivered]
+    assert len(ids) == len(set(ids)), f"a result was delivered twice: {sorted(ids)}"
+    # six subagents (one refused and started again later), the crawler's child and the shell
+    assert len(ids) == 8, ids
+    ran_in = {int(pid) for pid in re.findall(r"\(ran in worker pid (\d+)\)", out)}
+    assert ran_in == worker_pids, "both workers ran subagents, and only the workers did"
+    assert "All 7 background tasks are accounted for: 5 completed, 1 failed, 1 cancelled." in out
+    assert "README summary, as asked (Focus on the installation steps.)" in out, "steered across processes"
+    with open_store(url, tmp_path) as store:
+        session = store.session(header.group(3))
+        assert session.pending_notifications() == []
+        tasks = session.list()
+        assert len(tasks) == 8 and all(task.state.is_finished for task in tasks)
+
+
 async def test_a_subscriber_sees_the_events_of_another_process(url: str, tmp_path: Path, workers: list[Worker]) -> None:
     from followups import TaskFinished, TaskRegistered
 

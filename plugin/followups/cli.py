@@ -59,6 +59,15 @@ def build_parser() -> argparse.ArgumentParser:
             f"database ({default_store_path()}), or redis://host:port/db; default: in memory"
         ),
     )
+    demo.add_argument(
+        "--workers",
+        type=_positive,
+        metavar="N",
+        help=(
+            "run the subagents in N worker processes on the --store (a redis:// URL); the main "
+            "process runs the model loop and receives every result"
+        ),
+    )
     tasks_cli.add_parser(commands)
     return parser
 
@@ -77,6 +86,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         template_dir=args.template_dir,
         relay_dir=args.relay_dir.resolve() if args.relay_dir else None,
         store_url=store_url,
+        workers=args.workers or 0,
     )
     try:
         run_demo(options, sys.stdout)
