@@ -9,6 +9,7 @@ import random
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import anyio
 import redis
@@ -142,6 +143,34 @@ def consumer(url: str, relay: str, sessions: str, expected: str, out: str) -> No
     store.close()
 
 
+def reserve_and_die(url: str, relay: str, session: str, when: str) -> None:
+    """Spawn one subagent under the store-wide cap and stop dead at ``when``: ``before_create``
+    (a store-wide slot reserved, its session's create script not run) or ``before_settle`` (the
+    run created with the slot, the reservation not yet settled). The test kills it there."""
+
+    async def main() -> None:
+        store = BackgroundStore.open(url, settings(relay, max_concurrent=4, max_concurrent_total=3))
+        backend: Any = store.backend
+
+        def stop_here(*_: object, **__: object) -> None:
+            say("stopped", store.epoch)
+            time.sleep(3600)
+
+        if when == "before_create":
+            backend._call_hook = lambda operation, keys: stop_here() if operation == "create" else None
+        else:
+            backend._settle_total = stop_here
+
+        async def subagent() -> str:
+            await trio.sleep(3600)
+            return "never"
+
+        async with SubagentPool(store.session(session)) as pool:
+            pool.spawn(subagent)
+
+    trio.run(main)
+
+
 ROLES = {
     "hold_a_task": hold_a_task,
     "hold_a_lease": hold_a_lease,
@@ -150,6 +179,7 @@ ROLES = {
     "capped_worker": capped_worker,
     "producer": producer,
     "consumer": consumer,
+    "reserve_and_die": reserve_and_die,
 }
 
 if __name__ == "__main__":

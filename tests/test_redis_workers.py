@@ -523,6 +523,60 @@ async def test_the_store_wide_cap_holds_across_sessions_and_workers(url: str, tm
             store.close()
 
 
+def test_store_wide_slots_reserved_by_killed_workers_are_given_back_once(
+    url: str, tmp_path: Path, workers: list[Worker], client: redis.Redis
+) -> None:
+    from followups import SubagentPool
+
+    prefix = url.partition("prefix=")[2]
+    total_key, reserved_key = f"{{{prefix}}}:total", f"{{{prefix}}}:total-reserved"
+
+    def running() -> int:
+        return int(client.hget(total_key, "running") or 0)
+
+    async def main() -> None:
+        gate = trio.Event()
+
+        async def subagent() -> str:
+            await gate.wait()
+            return "ok"
+
+        store = open_store(url, tmp_path, worker_ttl_seconds=1.0, max_concurrent=4, max_concurrent_total=3)
+        with store, trio.fail_after(30):
+            async with SubagentPool(store.session("c"), when_full="queue", max_queued=8, close="wait") as pool:
+                pool.spawn(subagent)
+                assert running() == 1
+                # one worker dies holding a reservation no run took, the other after its run
+                # took the slot but before it settled the reservation
+                before_create = spawn(workers, "reserve_and_die", url, str(tmp_path / "relay"), "a", "before_create")
+                before_settle = spawn(workers, "reserve_and_die", url, str(tmp_path / "relay"), "b", "before_settle")
+                assert before_create.line().startswith("stopped")
+                assert before_settle.line().startswith("stopped")
+                assert running() == 3 and client.hlen(reserved_key) == 2
+                for worker in (before_create, before_settle):
+                    worker.process.send_signal(signal.SIGKILL)
+                    worker.wait()
+                # this store's heartbeat passes orphan the second worker's run (its slot
+                # freed) and give back the first worker's unused reservation, each once
+                while not (client.hlen(reserved_key) == 0 and running() == 1):
+                    await trio.sleep(0.05)
+                orphaned = store.session("b").list()
+                assert [t.state.status.value for t in orphaned] == ["failed"]
+                assert "orphaned" in orphaned[0].state.text
+                assert store.session("a").list() == [], "the first worker never created its run"
+                # the two slots are free again: two more run, a third waits for the cap
+                for _ in range(3):
+                    pool.spawn(subagent)
+                await trio.testing.wait_all_tasks_blocked()
+                assert len(store.session("c").list(status="running")) == 3
+                assert len(store.session("c").list(status="queued")) == 1
+                assert running() == 3
+                gate.set()
+        assert running() == 0
+
+    trio.run(main)
+
+
 def test_redis_urls_name_the_server_and_the_key_prefix() -> None:
     from followups.ledger.redis import parse_redis_url
 

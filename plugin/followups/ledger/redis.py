@@ -266,7 +266,7 @@ class RedisBackend:
 
     @property
     def _total_keys(self) -> list[str]:
-        return [f"{{{self.prefix}}}:total", f"{{{self.prefix}}}:total-waiting"]
+        return [f"{{{self.prefix}}}:total", f"{{{self.prefix}}}:total-waiting", f"{{{self.prefix}}}:total-reserved"]
 
     @property
     def _generation_key(self) -> str:
@@ -283,8 +283,11 @@ class RedisBackend:
         except (_redis.ConnectionError, _redis.TimeoutError) as exc:
             raise self._unavailable(exc) from exc
 
-    def _run(self, operation: str, keys: Sequence[str], request: dict[str, Any]) -> dict[str, Any]:
-        """Run ``operation``'s script; dispatch its effects here; return its result."""
+    def _run(
+        self, operation: str, keys: Sequence[str], request: dict[str, Any], *, give_back: bool = True
+    ) -> dict[str, Any]:
+        """Run ``operation``'s script; dispatch its effects here; give back the store-wide
+        slots it freed (unless ``give_back`` is false: the caller does); return its result."""
         hook = self._call_hook
         if hook is not None:
             hook(operation, list(keys))
@@ -298,7 +301,7 @@ class RedisBackend:
         if effects:
             self._dispatch(effects)
         freed = result.get("freed_total")
-        if freed:
+        if freed and give_back:
             self._release_total(int(freed))
         return result
 
@@ -311,9 +314,11 @@ class RedisBackend:
             except Exception:
                 logger.exception("a ledger listener failed on %d effects", len(effects))
 
-    def _session_run(self, operation: str, session: str, request: dict[str, Any]) -> dict[str, Any]:
+    def _session_run(
+        self, operation: str, session: str, request: dict[str, Any], *, give_back: bool = True
+    ) -> dict[str, Any]:
         request["session"] = session
-        return self._run(operation, self.session_keys(session), request)
+        return self._run(operation, self.session_keys(session), request, give_back=give_back)
 
     def _ref_run(self, operation: str, ref: RunRef, request: dict[str, Any]) -> dict[str, Any]:
         """Run a script on the session where ``ref``'s run lives, following its transfers."""
@@ -475,50 +480,76 @@ class RedisBackend:
         except (_redis.ConnectionError, _redis.TimeoutError) as exc:
             raise self._unavailable(exc) from exc
 
-    def _acquire_total(self, cap: int) -> tuple[bool, int]:
-        granted, running = self._total("acquire", self._total_keys[:1], [cap])
-        return bool(granted), int(running)
+    def _acquire_total(self, cap: int, epoch: str | None, session: str) -> tuple[bool, int, str]:
+        """Reserve a store-wide slot for a run of ``session``: (granted, running, token). The
+        reservation names ``epoch`` (the worker making it), so that if the worker dies before
+        its session's script takes the slot, a recovery pass gives the slot back."""
+        token = uuid.uuid4().hex[:16] if epoch is not None else ""
+        keys = [self._total_keys[0], self._total_keys[2]]
+        granted, running = self._total("acquire", keys, [cap, token, f"{epoch}\t{session}"])
+        return bool(granted), int(running), token if granted else ""
 
-    def _release_total(self, count: int, *, done_with: str = "") -> None:
-        """Give ``count`` store-wide slots back, then hand each free one to a session whose
-        queued runs wait for the store-wide cap (the one that frees a slot admits from
-        whichever session waits, as the memory backend does)."""
-        stored_cap, members = self._total("release", self._total_keys, [count, done_with])
+    def _settle_total(self, token: str, freed: int, *, done_with: str = "") -> None:
+        """After the script a reservation was for: give back ``freed`` slots and forget the
+        reservation in one step (so recovery never gives its slot back a second time)."""
+        if freed or done_with:
+            self._release_total(freed, done_with=done_with, token=token)
+        elif token:
+            self._command(self._client.hdel, self._total_keys[2], token)
+
+    def _reserving_epoch(self) -> str | None:
+        with self._lock:
+            return next(iter(self._listeners), None)
+
+    def _release_total(self, count: int, *, done_with: str = "", token: str = "") -> None:
+        """Give ``count`` store-wide slots back (settling reservation ``token``, if given), then
+        hand each free one to a session whose queued runs wait for the store-wide cap (the one
+        that frees a slot admits from whichever session waits, as the memory backend does)."""
+        stored_cap, members = self._total("release", self._total_keys, [count, done_with, token])
         waiting = [name.decode() for name in members]
         cap = self._total_cap if self._total_cap is not None else (int(stored_cap) if stored_cap else None)
         if cap is None:
             return
         for session in waiting:
-            granted, _ = self._acquire_total(cap)
+            granted, _, reserved = self._acquire_total(cap, self._reserving_epoch(), session)
             if not granted:
                 return
-            result = self._session_run("admit", session, {})
+            result = self._session_run("admit", session, {"total_token": reserved or None})
             if not result["admitted"]:
-                self._release_total(1, done_with=session)
+                self._settle_total(reserved, 1, done_with=session)
                 return
+            self._settle_total(reserved, 0)
 
     def create(self, request: CreateRequest) -> Admission:
         self._note_session(request.session)
         total_slot = 0
         total_running = 0
+        token = ""
         if request.max_running is not None and request.max_running_total is not None:
             self._total_cap = request.max_running_total
-            granted, total_running = self._acquire_total(request.max_running_total)
+            granted, total_running, token = self._acquire_total(
+                request.max_running_total, request.epoch, request.session
+            )
             total_slot = 1 if granted else 0
         try:
-            result = self._create(request, total_slot, total_running)
+            result = self._create(request, total_slot, total_running, token)
         except BaseException:
             if total_slot:
-                self._release_total(1)
+                self._settle_total(token, 1)
             raise
+        freed = int(result.get("freed_total") or 0)
         if result.get("err") is not None and total_slot:
-            self._release_total(1)
+            freed += 1  # the reserved slot, unused
+        if total_slot:
+            self._settle_total(token, freed)
+        elif freed:
+            self._release_total(freed)
         if result.get("waits_total"):
             self._total("wait", self._total_keys, [request.session])
             self._release_total(0)  # a slot freed before the session was listed as waiting
         return self._admission(request, result)
 
-    def _create(self, request: CreateRequest, total_slot: int, total_running: int) -> dict[str, Any]:
+    def _create(self, request: CreateRequest, total_slot: int, total_running: int, token: str) -> dict[str, Any]:
         return self._session_run(
             "create",
             request.session,
@@ -543,7 +574,9 @@ class RedisBackend:
                 "max_running_total": request.max_running_total if request.max_running is not None else None,
                 "total_slot": total_slot,
                 "total_running": total_running,
+                "total_token": token or None,
             },
+            give_back=False,
         )
 
     def _admission(self, request: CreateRequest, result: dict[str, Any]) -> Admission:
@@ -753,15 +786,39 @@ class RedisBackend:
         times are the callers' clock, which need not be this one."""
         orphaned = 0
         still_live: set[str] = set()
+        tokens = self._dead_reservations(dead)
+        consumed: set[str] = set()
         for session in self._all_sessions():
-            result = self._session_run("recover", session, {"now": _t(now), "dead": dead, "expire": expire})
+            request = {"now": _t(now), "dead": dead, "expire": expire, "tokens": tokens.get(session, [])}
+            result = self._session_run("recover", session, request)
             orphaned += int(result["orphaned"])
             still_live.update(_list(result["epochs"]))
+            consumed.update(_list(result.get("consumed")))
+        if tokens:
+            everyone = [token for found in tokens.values() for token in found]
+            unused = [token for token in everyone if token not in consumed]
+            taken = [token for token in everyone if token in consumed]
+            released = int(self._total("settle", [self._total_keys[0], self._total_keys[2]], [len(unused), *unused, *taken]))
+            if released:
+                logger.warning("gave back %d store-wide slot(s) reserved by stopped workers", released)
+                self._release_total(0)
         if forget and dead:
             gone = [epoch for epoch in dead if epoch not in still_live]
             if gone:
                 self._command(self._client.hdel, self._epochs_key, *gone)
         return orphaned
+
+    def _dead_reservations(self, dead: dict[str, str]) -> dict[str, builtins.list[str]]:
+        """Store-wide reservations made by ``dead`` epochs, by session: session -> tokens."""
+        if not dead:
+            return {}
+        found = self._command(self._client.hgetall, self._total_keys[2])
+        tokens: dict[str, builtins.list[str]] = {}
+        for token, owner in found.items():
+            epoch, _, session = owner.decode().partition("\t")
+            if epoch in dead:
+                tokens.setdefault(session, []).append(token.decode())
+        return tokens
 
     def recover(self, *, now: float) -> int:
         return self._recover_sessions(now, self._dead_epochs(), forget=True, expire=True)
