@@ -171,6 +171,18 @@ def reserve_and_die(url: str, relay: str, session: str, when: str) -> None:
     trio.run(main)
 
 
+def finish_many(url: str, relay: str, session: str, first: str, count: str, log_length: str = "1000") -> None:
+    """Insert and finish tasks ``r{first}`` … of ``session``, in order (keeping about
+    ``log_length`` entries of the session's event log)."""
+    store = BackgroundStore.open(url, settings(relay, capacity=1024, redis_event_stream_length=int(log_length)))
+    view = store.session(session)
+    for i in range(int(first), int(first) + int(count)):
+        view.insert(f"r{i}")
+        view.notify(f"r{i}", TaskState.completed(f"result {i}"))
+    say("done")
+    store.close()
+
+
 ROLES = {
     "hold_a_task": hold_a_task,
     "hold_a_lease": hold_a_lease,
@@ -180,6 +192,7 @@ ROLES = {
     "producer": producer,
     "consumer": consumer,
     "reserve_and_die": reserve_and_die,
+    "finish_many": finish_many,
 }
 
 if __name__ == "__main__":

@@ -15,6 +15,7 @@ import time
 import uuid
 from collections import defaultdict
 from collections.abc import Iterator
+from typing import Any
 from pathlib import Path
 
 import pytest
@@ -411,7 +412,7 @@ async def test_every_operation_names_keys_of_one_cluster_slot(url: str, tmp_path
         slots = {cluster_slot(key) for key in keys}
         assert len(slots) == 1, f"{operation} names keys of {len(slots)} slots: {keys}"
         if operation == "transfer":
-            assert len(keys) == 6, "a transfer names the two sessions' keys"
+            assert len(keys) == 7, "a transfer names the two sessions' keys and the first one's event log"
 
 
 async def _quick() -> str:
@@ -482,6 +483,77 @@ async def test_a_subscriber_sees_the_events_of_another_process(url: str, tmp_pat
         assert isinstance(seen[0], TaskRegistered) and seen[0].task.id == "remote"
         assert isinstance(seen[-1], TaskFinished) and seen[-1].notification.id == "remote"
         assert seen[-1].notification.state.text == "result of remote"
+
+
+def _away(store: BackgroundStore, client: redis.Redis) -> None:
+    """Cut the store's pub/sub connection and keep its watcher from reconnecting until
+    ``store.backend._watch_gate`` is set again."""
+    backend: Any = store.backend
+    backend._watch_gate.clear()
+    killed = client.client_kill_filter(_type="pubsub")
+    assert killed >= 1
+
+
+async def test_a_subscriber_gets_the_events_another_process_logged_while_its_reader_was_away(
+    url: str, tmp_path: Path, workers: list[Worker], client: redis.Redis
+) -> None:
+    from followups import Lagged, TaskFinished, TaskRegistered
+
+    relay = str(tmp_path / "relay")
+    with open_store(url, tmp_path) as store:
+        async with store.subscribe("s1", buffer=1000) as events:
+            spawn(workers, "finish_many", url, relay, "s1", "0", "2").line()  # seen live: the log's position
+            seen: list[object] = []
+            with trio.fail_after(20):
+                while len([e for e in seen if isinstance(e, TaskFinished)]) < 2:
+                    seen.append(await events.__anext__())
+            _away(store, client)
+            assert spawn(workers, "finish_many", url, relay, "s1", "2", "5").line() == "done"
+            await trio.sleep(0.2)
+            assert events.receive_nowait() is None, "nothing arrives while the reader is away"
+            store.backend._watch_gate.set()  # type: ignore[attr-defined]
+            with trio.fail_after(20):
+                while len([e for e in seen if isinstance(e, TaskFinished)]) < 7:
+                    seen.append(await events.__anext__())
+            assert spawn(workers, "finish_many", url, relay, "s1", "7", "1").line() == "done"  # live again
+            with trio.fail_after(20):
+                while len([e for e in seen if isinstance(e, TaskFinished)]) < 8:
+                    seen.append(await events.__anext__())
+            await trio.sleep(0.2)
+            assert events.receive_nowait() is None, "no event twice"
+    assert not any(isinstance(e, Lagged) for e in seen)
+    finished = [e.notification.id for e in seen if isinstance(e, TaskFinished)]
+    assert finished == [f"r{i}" for i in range(8)], "each once, in order"
+    registered = [e.task.id for e in seen if isinstance(e, TaskRegistered)]
+    assert registered == [f"r{i}" for i in range(8)]
+
+
+async def test_a_subscriber_that_missed_more_than_the_log_keeps_sees_lagged(
+    url: str, tmp_path: Path, workers: list[Worker], client: redis.Redis
+) -> None:
+    from followups import Lagged, TaskFinished
+
+    relay = str(tmp_path / "relay")
+    with open_store(url, tmp_path, redis_event_stream_length=10) as store:
+        async with store.subscribe("s1", buffer=5000) as events:
+            spawn(workers, "finish_many", url, relay, "s1", "0", "1", "10").line()
+            with trio.fail_after(20):
+                while not isinstance(await events.__anext__(), TaskFinished):
+                    pass
+            _away(store, client)
+            # 400 tasks, 800 events: far past the log's bound (trimmed by whole nodes of 100)
+            assert spawn(workers, "finish_many", url, relay, "s1", "1", "400", "10").line(timeout=60) == "done"
+            store.backend._watch_gate.set()  # type: ignore[attr-defined]
+            seen: list[object] = []
+            with trio.fail_after(20):
+                while not (seen and isinstance(seen[-1], TaskFinished) and seen[-1].notification.id == "r400"):
+                    seen.append(await events.__anext__())
+    assert isinstance(seen[0], Lagged), seen[0]
+    assert not any(isinstance(e, Lagged) for e in seen[1:])
+    assert 0 < seen[0].count < 800
+    assert seen[0].count + len(seen) - 1 == 800, "every event is either delivered or counted as missed"
+    kept = client.xlen(store.backend.event_log_key("s1"))  # type: ignore[attr-defined]
+    assert kept < 300, "the log is bounded"
 
 
 async def test_the_store_wide_cap_holds_across_sessions_and_workers(url: str, tmp_path: Path) -> None:

@@ -209,11 +209,15 @@ class RedisBackend:
         prefix: str | None = None,
         worker_ttl_seconds: float = 30.0,
         timeout_seconds: float = 5.0,
+        event_stream_length: int = 1000,
     ) -> None:
         if _redis is None:
             raise ImportError("the Redis backend needs the redis package: pip install 'followups[redis]'")
         if worker_ttl_seconds <= 0:
             raise ValueError(f"worker_ttl_seconds must be positive, got {worker_ttl_seconds!r}")
+        if isinstance(event_stream_length, bool) or not isinstance(event_stream_length, int) or event_stream_length < 1:
+            raise ValueError(f"event_stream_length must be a positive number of events, got {event_stream_length!r}")
+        self.event_stream_length = event_stream_length
         client_url, url_prefix = parse_redis_url(url)
         self.prefix = prefix if prefix is not None else url_prefix
         self.url = url
@@ -223,6 +227,15 @@ class RedisBackend:
             socket_timeout=timeout_seconds,
             socket_connect_timeout=timeout_seconds,
             retry=Retry(NoBackoff(), 1),
+            health_check_interval=0,
+        )
+        # the listener's own client does not reconnect behind its back: the listener does, and
+        # then reads what it missed from the event logs
+        self._watch_client = _redis.Redis.from_url(
+            client_url,
+            socket_timeout=timeout_seconds,
+            socket_connect_timeout=timeout_seconds,
+            retry=Retry(NoBackoff(), 0),
             health_check_interval=0,
         )
         kwargs = self._client.connection_pool.connection_kwargs
@@ -242,11 +255,20 @@ class RedisBackend:
         self._heartbeat: threading.Thread | None = None
         self._pubsub_ready = threading.Event()
         self._call_hook: Any = None  # tests: called with (operation, keys) before each script
+        self._watch_gate = threading.Event()  # tests: cleared, the watcher stays away after a loss
+        self._watch_gate.set()
+        # the newest entry seen of each session's event log: log key -> (entry id, number)
+        self._seen: dict[str, tuple[str, int]] = {}
+        self._watermark = "0-0"  # the newest entry id seen on any log (ids share the server clock)
 
     # -- keys -----------------------------------------------------------------------------------
 
     def session_key(self, session: str) -> str:
         return f"{{{self.prefix}:{session}}}:s"
+
+    def event_log_key(self, session: str) -> str:
+        """The stream of ``session``'s events (bounded by ``event_stream_length``)."""
+        return f"{{{self.prefix}:{session}}}:x"
 
     def session_keys(self, session: str) -> list[str]:
         """The keys of ``session``: its document, its runs, its pending notifications."""
@@ -288,12 +310,18 @@ class RedisBackend:
     ) -> dict[str, Any]:
         """Run ``operation``'s script; dispatch its effects here; give back the store-wide
         slots it freed (unless ``give_back`` is false: the caller does); return its result."""
+        names = [*keys, keys[0][:-2] + ":x"]  # the first session's event log last
         hook = self._call_hook
         if hook is not None:
-            hook(operation, list(keys))
-        args = [self._channel, self._origin, json.dumps(request, separators=(",", ":"), ensure_ascii=False)]
+            hook(operation, names)
+        args = [
+            self._channel,
+            self._origin,
+            json.dumps(request, separators=(",", ":"), ensure_ascii=False),
+            self.event_stream_length,
+        ]
         try:
-            reply = self._scripts[operation](keys=list(keys), args=args)
+            reply = self._scripts[operation](keys=names, args=args)
         except (_redis.ConnectionError, _redis.TimeoutError) as exc:
             raise self._unavailable(exc) from exc
         result: dict[str, Any] = json.loads(reply[0])
@@ -386,6 +414,7 @@ class RedisBackend:
         for thread in threads:
             thread.join(timeout=5)
         self._client.close()
+        self._watch_client.close()
 
     def _beat(self, epochs: Sequence[str]) -> None:
         """Refresh the epoch keys of ``epochs`` and record their heartbeat."""
@@ -419,7 +448,7 @@ class RedisBackend:
         """The listener thread: effects of other processes' operations, to our listeners."""
         delay = 0.05
         while not self._closed.is_set():
-            pubsub = self._client.pubsub()  # type: ignore[no-untyped-call]  # untyped in redis-py
+            pubsub = self._watch_client.pubsub()  # type: ignore[no-untyped-call]  # untyped in redis-py
             try:
                 pubsub.subscribe(self._channel)
                 # the subscription is live once the server confirms it
@@ -428,17 +457,25 @@ class RedisBackend:
                     if message is None:
                         continue
                     if message["type"] == "subscribe":
-                        if self._pubsub_ready.is_set():
-                            self._resync()  # back after a lost connection
+                        if self._pubsub_ready.is_set():  # back after a lost connection
+                            self._catch_up()
+                            self._resync()
+                        else:
+                            self._watermark = self._server_now()
                         self._pubsub_ready.set()
                         delay = 0.05
                         continue
                     if message["type"] != "message":
                         continue
-                    origin, _, payload = bytes(message["data"]).partition(b"\n")
-                    if origin.decode() == self._origin or not payload:
-                        continue  # our own effects (dispatched already), or a close's wake-up
+                    origin, _, rest = bytes(message["data"]).partition(b"\n")
+                    header, _, payload = rest.partition(b"\n")
+                    if not payload:
+                        continue  # a close's wake-up
                     try:
+                        log, entry_id, number = header.decode().split(" ")
+                        fresh = self._note_seen(log, entry_id, int(number))
+                        if not fresh or origin.decode() == self._origin:
+                            continue  # caught up already, or our own effects (dispatched already)
                         effects = _effects(payload)
                     except (ValueError, KeyError):
                         logger.warning("ignoring a malformed effects message on %s", self._channel)
@@ -448,11 +485,76 @@ class RedisBackend:
                 logger.debug("redis watcher lost its connection (%s); reconnecting", exc)
                 self._closed.wait(delay)
                 delay = min(delay * 2, 2.0)
+                while not self._watch_gate.wait(0.05) and not self._closed.is_set():
+                    continue
             finally:
                 try:
                     pubsub.close()
                 except (_redis.ConnectionError, OSError) as exc:
                     logger.debug("closing a lost pub/sub connection: %s", exc)
+
+    def _server_now(self) -> str:
+        """The server's clock as an event log id: entries after it are newer than now."""
+        try:
+            seconds, micros = self._command(self._client.time)
+        except BackendUnavailable:
+            return self._watermark
+        return f"{int(seconds) * 1000 + int(micros) // 1000}-0"
+
+    def _note_seen(self, log: str, entry_id: str, number: int) -> bool:
+        """Record entry ``entry_id`` of ``log`` (its events so far: ``number``) as seen; False
+        if it (or a later one) was already."""
+        last = self._seen.get(log)
+        if last is not None and not _id_after(entry_id, last[0]):
+            return False
+        self._seen[log] = (entry_id, number)
+        if _id_after(entry_id, self._watermark):
+            self._watermark = entry_id
+        return True
+
+    def _catch_up(self) -> None:
+        """Hand on the events other processes logged while the listener was away, from each
+        session's event log; where a log was trimmed past what this process had seen, tell the
+        listeners how many events of that session are lost (subscribers see ``Lagged``)."""
+        with self._lock:
+            listeners = list(self._listeners.values())
+        if not listeners:
+            return
+        try:
+            sessions = self._all_sessions()
+            pipe = self._client.pipeline(transaction=False)
+            starts = []
+            for session in sessions:
+                log = self.event_log_key(session)
+                last = self._seen.get(log)
+                start = f"({last[0]}" if last is not None else f"({self._watermark}"
+                starts.append((session, log, last))
+                pipe.xrange(log, start, "+")
+            found = self._command(pipe.execute)
+        except BackendUnavailable as exc:
+            logger.warning("could not read the event logs after the listener reconnected (%s)", exc)
+            return
+        for (session, log, last), entries in zip(starts, found, strict=True):
+            if not entries:
+                continue
+            head = entries[0][1]
+            lost = 0 if last is None else int(head[b"n"]) - int(head[b"c"]) - last[1]
+            if lost > 0:
+                for listener in listeners:
+                    missed = getattr(listener, "missed", None)
+                    if missed is not None:
+                        missed(session, lost)
+            for entry_id, fields in entries:
+                if not self._note_seen(log, entry_id.decode(), int(fields[b"n"])):
+                    continue
+                if fields[b"o"].decode() == self._origin:
+                    continue
+                try:
+                    effects = _effects(fields[b"fx"])
+                except (ValueError, KeyError):
+                    logger.warning("ignoring a malformed entry %s of %s", entry_id, log)
+                    continue
+                self._dispatch(effects)
 
     def _resync(self) -> None:
         """Carry out what this process's runs may have been owed while the listener was away,
@@ -895,6 +997,13 @@ class RedisBackend:
                 self._command(self._client.delete, *keys)
             if cursor == 0:
                 return
+
+
+def _id_after(a: str, b: str) -> bool:
+    """Whether stream entry id ``a`` is after ``b``."""
+    a_ms, _, a_seq = a.partition("-")
+    b_ms, _, b_seq = b.partition("-")
+    return (int(a_ms), int(a_seq or 0)) > (int(b_ms), int(b_seq or 0))
 
 
 def _state(data: Sequence[str]) -> TaskState:

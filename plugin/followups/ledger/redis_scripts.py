@@ -5,7 +5,10 @@ Each script is :data:`PRELUDE` (shared helpers, a port of the memory backend's i
 the body of one operation. A script reads its session's document (one JSON value under
 ``{prefix:session}:s``), changes it, writes it back, publishes its effects, and returns
 ``[result JSON, effects JSON]``. Scripts get the session key(s) as ``KEYS``; ``ARGV`` is
-``[effects channel, origin id, request JSON]``.
+``[effects channel, origin id, request JSON, event log length]``; the last key is the
+event log (a stream) of the first session named: a script with effects appends them there,
+numbered (``n``) and trimmed to about the given length, and publishes them with the log's
+name, the entry's id and number.
 
 Times travel as strings (Python's ``repr`` of a float): Redis's JSON encoder keeps only 14
 significant digits, which would move a timestamp. Scripts compare them with ``tonumber``.
@@ -19,6 +22,7 @@ PRELUDE = r"""
 local CHANNEL = ARGV[1]
 local ORIGIN = ARGV[2]
 local REQ = cjson.decode(ARGV[3])
+local STREAM_LENGTH = ARGV[4]
 local NULL = cjson.null
 local FX = {}
 local FREED_TOTAL = 0  -- store-wide slots given up by this operation (see the total_* scripts)
@@ -114,7 +118,20 @@ local function finish_script(result)
   local fx = '[]'
   if #FX > 0 then
     fx = cjson.encode(FX)
-    if not REQ.quiet then redis.call('PUBLISH', CHANNEL, ORIGIN .. '\n' .. fx) end
+    if not REQ.quiet then
+      -- the session's event log (the last key): each entry counts its lifecycle events (c)
+      -- and the log's events so far (n), so a reader can count what a trim took from it
+      local log = KEYS[#KEYS]
+      local c = 0
+      for _, e in ipairs(FX) do
+        if e.type ~= 'changed' and e.type ~= 'action' then c = c + 1 end
+      end
+      local last = redis.call('XREVRANGE', log, '+', '-', 'COUNT', 1)
+      local n = c
+      if #last > 0 then n = tonumber(last[1][2][2]) + c end
+      local id = redis.call('XADD', log, 'MAXLEN', '~', STREAM_LENGTH, '*', 'n', n, 'c', c, 'o', ORIGIN, 'fx', fx)
+      redis.call('PUBLISH', CHANNEL, ORIGIN .. '\n' .. log .. ' ' .. id .. ' ' .. n .. '\n' .. fx)
+    end
   end
   return {cjson.encode(result), fx}
 end
