@@ -19,7 +19,13 @@ changes it, writes it back and publishes what changed.
 * ``{P}:epoch:EPOCH`` — one per live worker, with a TTL (``worker_ttl_seconds``) its heartbeat
   refreshes; ``{P}:epochs`` (a hash) keeps each registered epoch's last heartbeat, so recovery
   can name when a dead worker was last seen.
-* ``{P}:fx`` — the pub/sub channel every script publishes its effects on.
+* ``{P:SESSION}:x`` — the session's event log: a stream with one entry per operation that had
+  effects (trimmed to about ``event_stream_length`` entries, ``XADD MAXLEN ~``), each numbered
+  with the count of lifecycle events logged so far. Scripts name it as their last key.
+* ``{P}:fx`` — the pub/sub channel every script publishes its effects on (with the log
+  entry's id and number).
+* ``{P}:total``, ``{P}:total-waiting``, ``{P}:total-reserved`` — the store-wide cap's count,
+  the sessions waiting for it and its unsettled reservations (token → epoch and session).
 
 :meth:`RedisBackend.transfer` is the one operation that spans two sessions: its script names
 both sessions' keys, which a single server and a cluster whose two keys share a node serve.
@@ -35,7 +41,10 @@ orphan each run exactly once.
 
 **Wake-ups.** A listener thread subscribes to ``{P}:fx`` and hands the effects of other
 processes' operations (published with their origin) to this process's listeners: waiters wake
-on another worker's finish, and a cancel for a run this process owns is carried out here.
+on another worker's finish, and a cancel for a run this process owns is carried out here. When
+its connection drops, it reconnects with backoff and first reads each session's event log from
+the last entry it saw: missed effects are handed on, and where the log was trimmed past that
+point the listeners are told how many events are gone (subscribers see ``Lagged``).
 
 Thread-safe: redis-py's connection pool serves concurrent calls. A server that cannot be
 reached or does not answer in ``redis_timeout_seconds`` raises
