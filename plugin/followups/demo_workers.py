@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import selectors
 import subprocess
 import sys
 import time
@@ -35,7 +36,7 @@ import anyio.to_thread
 
 from .errors import CapacityExceeded, NameInUse, StoreUnavailable
 from .settings import FollowupSettings
-from .tools import TaskArgs, Tool, ToolOutcome, TaskRequest
+from .tools import TaskArgs, TaskRequest, Tool, ToolOutcome
 
 __all__ = ["WorkerFleet", "jobs_key", "worker_main"]
 
@@ -101,8 +102,6 @@ class WorkerFleet:
     def _ready_line(self, process: subprocess.Popen[str]) -> str:
         assert process.stdout is not None
         deadline = time.monotonic() + READY_TIMEOUT_SECONDS
-        import selectors
-
         with selectors.DefaultSelector() as selector:
             selector.register(process.stdout, selectors.EVENT_READ)
             while time.monotonic() < deadline:
