@@ -191,13 +191,18 @@ async def _serve(url: str, session_id: str, max_concurrent: int, relay_dir: Path
     prefix = str(getattr(store.backend, "prefix", "followups"))
     jobs = jobs_key(prefix, session_id)
     pid = os.getpid()
+    parent = os.getppid()
     subagents = DemoSubagents(worker=f"worker pid {pid}")
     with store:
         async with SubagentPool(store.session(session_id), max_concurrent=max_concurrent) as pool:
             subagents.pool = pool
             print(f"ready {pid}", flush=True)
             while True:
-                found = await anyio.to_thread.run_sync(client.blpop, [jobs], 0)
+                found = await anyio.to_thread.run_sync(client.blpop, [jobs], 1)
+                if found is None:
+                    if os.getppid() != parent:
+                        break  # the demo that started this worker is gone
+                    continue
                 job = json.loads(found[1])
                 if job.get("stop"):
                     break
@@ -221,7 +226,8 @@ def _bound(subagents: Any, request: TaskRequest) -> Any:
 
 
 def worker_main(argv: Sequence[str] | None = None) -> int:
-    """A demo worker process: serve spawns routed to ``--session`` until told to stop."""
+    """A demo worker process: serve spawns routed to ``--session`` until told to stop (or
+    until the process that started it is gone)."""
     parser = argparse.ArgumentParser(prog="python -m followups.demo_workers")
     parser.add_argument("--store", required=True, metavar="URL", help="the redis:// store the demo runs on")
     parser.add_argument("--session", required=True, help="the session whose spawns this worker serves")
