@@ -9,6 +9,7 @@ import random
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import anyio
 import redis
@@ -142,6 +143,46 @@ def consumer(url: str, relay: str, sessions: str, expected: str, out: str) -> No
     store.close()
 
 
+def reserve_and_die(url: str, relay: str, session: str, when: str) -> None:
+    """Spawn one subagent under the store-wide cap and stop dead at ``when``: ``before_create``
+    (a store-wide slot reserved, its session's create script not run) or ``before_settle`` (the
+    run created with the slot, the reservation not yet settled). The test kills it there."""
+
+    async def main() -> None:
+        store = BackgroundStore.open(url, settings(relay, max_concurrent=4, max_concurrent_total=3))
+        backend: Any = store.backend
+
+        def stop_here(*_: object, **__: object) -> None:
+            say("stopped", store.epoch)
+            time.sleep(3600)
+
+        if when == "before_create":
+            backend._call_hook = lambda operation, keys: stop_here() if operation == "create" else None
+        else:
+            backend._settle_total = stop_here
+
+        async def subagent() -> str:
+            await trio.sleep(3600)
+            return "never"
+
+        async with SubagentPool(store.session(session)) as pool:
+            pool.spawn(subagent)
+
+    trio.run(main)
+
+
+def finish_many(url: str, relay: str, session: str, first: str, count: str, log_length: str = "1000") -> None:
+    """Insert and finish tasks ``r{first}`` … of ``session``, in order (keeping about
+    ``log_length`` entries of the session's event log)."""
+    store = BackgroundStore.open(url, settings(relay, capacity=1024, redis_event_stream_length=int(log_length)))
+    view = store.session(session)
+    for i in range(int(first), int(first) + int(count)):
+        view.insert(f"r{i}")
+        view.notify(f"r{i}", TaskState.completed(f"result {i}"))
+    say("done")
+    store.close()
+
+
 ROLES = {
     "hold_a_task": hold_a_task,
     "hold_a_lease": hold_a_lease,
@@ -150,6 +191,8 @@ ROLES = {
     "capped_worker": capped_worker,
     "producer": producer,
     "consumer": consumer,
+    "reserve_and_die": reserve_and_die,
+    "finish_many": finish_many,
 }
 
 if __name__ == "__main__":

@@ -47,6 +47,13 @@ def test_demo_honours_the_cap_and_count_options(tmp_path: Path) -> None:
     assert report.refusals == 1
 
 
+def test_demo_workers_need_a_redis_store(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["demo", "--workers", "2"]) == 2
+    assert "--workers needs a redis:// store" in capsys.readouterr().err
+    assert main(["demo", "--workers", "2", "--store", "sqlite:///x.db"]) == 2
+    assert "got 'sqlite:///x.db'" in capsys.readouterr().err
+
+
 def test_demo_command_exits_zero_and_prints_the_reminders(tmp_path: Path) -> None:
     env = {**os.environ, "XDG_STATE_HOME": str(tmp_path / "state")}
     result = subprocess.run(

@@ -15,6 +15,7 @@ import time
 import uuid
 from collections import defaultdict
 from collections.abc import Iterator
+from typing import Any
 from pathlib import Path
 
 import pytest
@@ -411,7 +412,7 @@ async def test_every_operation_names_keys_of_one_cluster_slot(url: str, tmp_path
         slots = {cluster_slot(key) for key in keys}
         assert len(slots) == 1, f"{operation} names keys of {len(slots)} slots: {keys}"
         if operation == "transfer":
-            assert len(keys) == 6, "a transfer names the two sessions' keys"
+            assert len(keys) == 7, "a transfer names the two sessions' keys and the first one's event log"
 
 
 async def _quick() -> str:
@@ -430,6 +431,42 @@ def test_the_demo_runs_on_a_redis_store(url: str, tmp_path: Path) -> None:
     assert "session over" in result.stdout
 
 
+def test_the_demo_runs_its_subagents_in_worker_processes_and_delivers_each_result_once(url: str, tmp_path: Path) -> None:
+    import re
+
+    demo = subprocess.Popen(
+        [sys.executable, "-m", "followups", "demo", "--store", url, "--workers", "2", "--relay-dir", str(tmp_path / "relay")],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        out, err = demo.communicate(timeout=120)
+    finally:
+        if demo.poll() is None:
+            demo.kill()
+            demo.wait(timeout=10)
+    assert demo.returncode == 0, err
+    header = re.search(r"in 2 worker processes \(pids (\d+), (\d+)\) of session (\S+),", out)
+    assert header, out[:500]
+    worker_pids = {int(header.group(1)), int(header.group(2))}
+    assert demo.pid not in worker_pids
+    delivered = re.findall(r"^\s*\[task (\S+)\] (completed|failed|cancelled): (.*)$", out, re.M)
+    ids = [task_id for task_id, _, _ in delivered]
+    assert len(ids) == len(set(ids)), f"a result was delivered twice: {sorted(ids)}"
+    # six subagents (one refused and started again later), the crawler's child and the shell
+    assert len(ids) == 8, ids
+    ran_in = {int(pid) for pid in re.findall(r"\(ran in worker pid (\d+)\)", out)}
+    assert ran_in == worker_pids, "both workers ran subagents, and only the workers did"
+    assert "All 7 background tasks are accounted for: 5 completed, 1 failed, 1 cancelled." in out
+    assert "README summary, as asked (Focus on the installation steps.)" in out, "steered across processes"
+    with open_store(url, tmp_path) as store:
+        session = store.session(header.group(3))
+        assert session.pending_notifications() == []
+        tasks = session.list()
+        assert len(tasks) == 8 and all(task.state.is_finished for task in tasks)
+
+
 async def test_a_subscriber_sees_the_events_of_another_process(url: str, tmp_path: Path, workers: list[Worker]) -> None:
     from followups import TaskFinished, TaskRegistered
 
@@ -446,6 +483,77 @@ async def test_a_subscriber_sees_the_events_of_another_process(url: str, tmp_pat
         assert isinstance(seen[0], TaskRegistered) and seen[0].task.id == "remote"
         assert isinstance(seen[-1], TaskFinished) and seen[-1].notification.id == "remote"
         assert seen[-1].notification.state.text == "result of remote"
+
+
+def _away(store: BackgroundStore, client: redis.Redis) -> None:
+    """Cut the store's pub/sub connection and keep its watcher from reconnecting until
+    ``store.backend._watch_gate`` is set again."""
+    backend: Any = store.backend
+    backend._watch_gate.clear()
+    killed = client.client_kill_filter(_type="pubsub")
+    assert killed >= 1
+
+
+async def test_a_subscriber_gets_the_events_another_process_logged_while_its_reader_was_away(
+    url: str, tmp_path: Path, workers: list[Worker], client: redis.Redis
+) -> None:
+    from followups import Lagged, TaskFinished, TaskRegistered
+
+    relay = str(tmp_path / "relay")
+    with open_store(url, tmp_path) as store:
+        async with store.subscribe("s1", buffer=1000) as events:
+            spawn(workers, "finish_many", url, relay, "s1", "0", "2").line()  # seen live: the log's position
+            seen: list[object] = []
+            with trio.fail_after(20):
+                while len([e for e in seen if isinstance(e, TaskFinished)]) < 2:
+                    seen.append(await events.__anext__())
+            _away(store, client)
+            assert spawn(workers, "finish_many", url, relay, "s1", "2", "5").line() == "done"
+            await trio.sleep(0.2)
+            assert events.receive_nowait() is None, "nothing arrives while the reader is away"
+            store.backend._watch_gate.set()  # type: ignore[attr-defined]
+            with trio.fail_after(20):
+                while len([e for e in seen if isinstance(e, TaskFinished)]) < 7:
+                    seen.append(await events.__anext__())
+            assert spawn(workers, "finish_many", url, relay, "s1", "7", "1").line() == "done"  # live again
+            with trio.fail_after(20):
+                while len([e for e in seen if isinstance(e, TaskFinished)]) < 8:
+                    seen.append(await events.__anext__())
+            await trio.sleep(0.2)
+            assert events.receive_nowait() is None, "no event twice"
+    assert not any(isinstance(e, Lagged) for e in seen)
+    finished = [e.notification.id for e in seen if isinstance(e, TaskFinished)]
+    assert finished == [f"r{i}" for i in range(8)], "each once, in order"
+    registered = [e.task.id for e in seen if isinstance(e, TaskRegistered)]
+    assert registered == [f"r{i}" for i in range(8)]
+
+
+async def test_a_subscriber_that_missed_more_than_the_log_keeps_sees_lagged(
+    url: str, tmp_path: Path, workers: list[Worker], client: redis.Redis
+) -> None:
+    from followups import Lagged, TaskFinished
+
+    relay = str(tmp_path / "relay")
+    with open_store(url, tmp_path, redis_event_stream_length=10) as store:
+        async with store.subscribe("s1", buffer=5000) as events:
+            spawn(workers, "finish_many", url, relay, "s1", "0", "1", "10").line()
+            with trio.fail_after(20):
+                while not isinstance(await events.__anext__(), TaskFinished):
+                    pass
+            _away(store, client)
+            # 400 tasks, 800 events: far past the log's bound (trimmed by whole nodes of 100)
+            assert spawn(workers, "finish_many", url, relay, "s1", "1", "400", "10").line(timeout=60) == "done"
+            store.backend._watch_gate.set()  # type: ignore[attr-defined]
+            seen: list[object] = []
+            with trio.fail_after(20):
+                while not (seen and isinstance(seen[-1], TaskFinished) and seen[-1].notification.id == "r400"):
+                    seen.append(await events.__anext__())
+    assert isinstance(seen[0], Lagged), seen[0]
+    assert not any(isinstance(e, Lagged) for e in seen[1:])
+    assert 0 < seen[0].count < 800
+    assert seen[0].count + len(seen) - 1 == 800, "every event is either delivered or counted as missed"
+    kept = client.xlen(store.backend.event_log_key("s1"))  # type: ignore[attr-defined]
+    assert kept < 300, "the log is bounded"
 
 
 async def test_the_store_wide_cap_holds_across_sessions_and_workers(url: str, tmp_path: Path) -> None:
@@ -485,6 +593,60 @@ async def test_the_store_wide_cap_holds_across_sessions_and_workers(url: str, tm
     finally:
         for store in stores:
             store.close()
+
+
+def test_store_wide_slots_reserved_by_killed_workers_are_given_back_once(
+    url: str, tmp_path: Path, workers: list[Worker], client: redis.Redis
+) -> None:
+    from followups import SubagentPool
+
+    prefix = url.partition("prefix=")[2]
+    total_key, reserved_key = f"{{{prefix}}}:total", f"{{{prefix}}}:total-reserved"
+
+    def running() -> int:
+        return int(client.hget(total_key, "running") or 0)
+
+    async def main() -> None:
+        gate = trio.Event()
+
+        async def subagent() -> str:
+            await gate.wait()
+            return "ok"
+
+        store = open_store(url, tmp_path, worker_ttl_seconds=1.0, max_concurrent=4, max_concurrent_total=3)
+        with store, trio.fail_after(30):
+            async with SubagentPool(store.session("c"), when_full="queue", max_queued=8, close="wait") as pool:
+                pool.spawn(subagent)
+                assert running() == 1
+                # one worker dies holding a reservation no run took, the other after its run
+                # took the slot but before it settled the reservation
+                before_create = spawn(workers, "reserve_and_die", url, str(tmp_path / "relay"), "a", "before_create")
+                before_settle = spawn(workers, "reserve_and_die", url, str(tmp_path / "relay"), "b", "before_settle")
+                assert before_create.line().startswith("stopped")
+                assert before_settle.line().startswith("stopped")
+                assert running() == 3 and client.hlen(reserved_key) == 2
+                for worker in (before_create, before_settle):
+                    worker.process.send_signal(signal.SIGKILL)
+                    worker.wait()
+                # this store's heartbeat passes orphan the second worker's run (its slot
+                # freed) and give back the first worker's unused reservation, each once
+                while not (client.hlen(reserved_key) == 0 and running() == 1):
+                    await trio.sleep(0.05)
+                orphaned = store.session("b").list()
+                assert [t.state.status.value for t in orphaned] == ["failed"]
+                assert "orphaned" in orphaned[0].state.text
+                assert store.session("a").list() == [], "the first worker never created its run"
+                # the two slots are free again: two more run, a third waits for the cap
+                for _ in range(3):
+                    pool.spawn(subagent)
+                await trio.testing.wait_all_tasks_blocked()
+                assert len(store.session("c").list(status="running")) == 3
+                assert len(store.session("c").list(status="queued")) == 1
+                assert running() == 3
+                gate.set()
+        assert running() == 0
+
+    trio.run(main)
 
 
 def test_redis_urls_name_the_server_and_the_key_prefix() -> None:

@@ -62,6 +62,15 @@ def build_parser() -> argparse.ArgumentParser:
             "or memory:// to keep nothing"
         ),
     )
+    demo.add_argument(
+        "--workers",
+        type=_positive,
+        metavar="N",
+        help=(
+            "run the subagents in N worker processes on the --store (a redis:// URL); the main "
+            "process runs the model loop and receives every result"
+        ),
+    )
     tasks_cli.add_parser(commands)
     return parser
 
@@ -83,6 +92,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         relay_dir=args.relay_dir.resolve() if args.relay_dir else None,
         store_url=store_url,
         session=session,
+        workers=args.workers or 0,
     )
     try:
         run_demo(options, sys.stdout)

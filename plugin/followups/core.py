@@ -107,6 +107,9 @@ class StoreCore:
         if events:
             self.hub.publish(events)
 
+    def missed(self, session: str, count: int) -> None:
+        self.hub.missed(session, count)
+
     def signal(self, session: str) -> ChangeSignal:
         """The change signal of ``session``, bumped whenever its pending queue or live count
         changes (in this process or, for a shared backend, in another)."""

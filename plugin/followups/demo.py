@@ -7,6 +7,7 @@ from __future__ import annotations
 import itertools
 import re
 import tempfile
+import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,12 +16,14 @@ from typing import Any, TextIO
 import anyio
 
 from .context import TaskContext
+from .demo_workers import WorkerFleet
 from .hooks import FollowupPlugin, UserMessage
 from .loop import AgentLoop, AssistantMessage, Message, ScriptedModel, ToolResultMessage, tool_call
 from .pool import SubagentPool
 from .settings import FollowupSettings
 from .shell import shell_tool
 from .state import (
+    DEFAULT_SESSION,
     LifecycleEvent,
     TaskCancelRequested,
     TaskFinished,
@@ -61,6 +64,7 @@ class DemoOptions:
     relay_dir: Path | None = None
     store_url: str | None = None  # None: a store in memory
     session: str | None = None  # None: the store's default session
+    workers: int = 0  # > 0: subagents run in this many worker processes (a redis:// store)
 
 
 @dataclass
@@ -74,6 +78,8 @@ class DemoReport:
     relay_dir: Path | None = None
     progress_lines: int = 0
     cancel_requests: dict[str, str] = field(default_factory=dict)  # task id -> who asked
+    worker_pids: list[int] = field(default_factory=list)  # with workers: their processes
+    session: str = DEFAULT_SESSION
 
 
 def run_demo(options: DemoOptions, out: TextIO) -> DemoReport:
@@ -88,10 +94,20 @@ def _descriptions(count: int) -> list[str]:
 class DemoSubagents:
     """The demo's subagents: what each does depends on its description."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, worker: str | None = None) -> None:
         self.pool: SubagentPool | None = None
+        self.worker = worker  # with workers: which process ran it, named in each result
 
     async def __call__(self, request: TaskRequest, ctx: TaskContext) -> str:
+        if self.worker is None:
+            return await self._run(request, ctx)
+        try:
+            result = await self._run(request, ctx)
+        except RuntimeError as exc:
+            raise RuntimeError(f"(ran in {self.worker}) {exc}") from exc
+        return f"(ran in {self.worker}) {result}"
+
+    async def _run(self, request: TaskRequest, ctx: TaskContext) -> str:
         if request.description == README:
             ctx.report_progress("reading README.md")
             with anyio.move_on_after(STEERING_WAIT_SECONDS):
@@ -299,6 +315,8 @@ class _ShowingModel:
 
 async def _session(options: DemoOptions, out: TextIO) -> DemoReport:
     report = DemoReport()
+    if options.workers and not (options.store_url or "").startswith(("redis://", "rediss://")):
+        raise ValueError(f"--workers needs a redis:// store (--store redis://host:port/db), got {options.store_url!r}")
     relay_dir = options.relay_dir or Path(tempfile.mkdtemp(prefix="followups-demo-"))
     report.relay_dir = relay_dir
     settings = FollowupSettings(
@@ -309,33 +327,58 @@ async def _session(options: DemoOptions, out: TextIO) -> DemoReport:
     )
     transcript = _Transcript(out, report)
     store = BackgroundStore.open(options.store_url, settings) if options.store_url else BackgroundStore(settings)
-    conversation = store.session(options.session) if options.session else store
     script = DemoScript(_descriptions(options.subagents), options.max_concurrent)
     subagents = DemoSubagents()
+    numbers = itertools.count(1)
+    ids = (f"sub{n}" for n in numbers)
+    fleet: WorkerFleet | None = None
+    session = store.session(options.session) if options.session else store
+    where = ""
+    if options.workers:
+        if not options.session:
+            session = store.session(f"demo-{uuid.uuid4().hex[:8]}")
+        report.session = session.id
+        prefix = str(getattr(store.backend, "prefix", "followups"))
+        fleet = WorkerFleet(
+            options.store_url or "", session.id, options.workers,
+            prefix=prefix, max_concurrent=options.max_concurrent, relay_dir=relay_dir,
+        )  # fmt: skip
+        try:
+            fleet.start()
+        except BaseException:
+            store.close()
+            raise
+        report.worker_pids = list(fleet.pids)
+        where = f" in {options.workers} worker processes (pids {', '.join(map(str, fleet.pids))}) of session {session.id}"
     out.write(
-        f"followups demo: {options.subagents} subagents, at most {options.max_concurrent} at once, and a "
+        f"followups demo: {options.subagents} subagents, at most {options.max_concurrent} at once{where}, and a "
         f"background shell, on {options.backend}; relayed outputs go to {relay_dir}\n"
     )
-    numbers = itertools.count(1)
-    with store:
-        async with anyio.create_task_group() as status_line:
-            events = conversation.subscribe()
-            status_line.start_soon(_show_events, events, transcript)
-            async with SubagentPool(
-                conversation, max_concurrent=options.max_concurrent, id_factory=lambda: f"sub{next(numbers)}"
-            ) as pool:
-                subagents.pool = pool
-                tools = [*task_tools(pool, subagents), shell_tool(pool)]
-                model = _ShowingModel(ScriptedModel(itertools.repeat(script)), transcript)
-                loop = AgentLoop(model, tools, idle_resume=pool, max_model_calls=100)
-                FollowupPlugin(conversation).register(loop)
-                final = await loop.run("Audit this repository: use background subagents for the slow parts.")
-            await anyio.sleep(0)  # let the status line show the last events
-            events.close()
+    try:
+        with store:
+            async with anyio.create_task_group() as status_line:
+                events = session.subscribe()
+                status_line.start_soon(_show_events, events, transcript)
+                async with SubagentPool(
+                    session, max_concurrent=options.max_concurrent, id_factory=lambda: next(ids)
+                ) as pool:
+                    subagents.pool = pool
+                    tools = [*task_tools(pool, subagents), shell_tool(pool)]
+                    if fleet is not None:
+                        tools[0] = fleet.task_tool(ids)
+                    model = _ShowingModel(ScriptedModel(itertools.repeat(script)), transcript)
+                    loop = AgentLoop(model, tools, idle_resume=pool, max_model_calls=100)
+                    FollowupPlugin(session).register(loop)
+                    final = await loop.run("Audit this repository: use background subagents for the slow parts.")
+                await anyio.sleep(0)  # let the status line show the last events
+                events.close()
+    finally:
+        if fleet is not None:
+            fleet.stop()
     report.outcomes = dict(script.outcomes)
     out.write(f"\n══ session over ══\n{final.content}\n")
     if options.store_url and not options.store_url.lower().startswith("memory:"):
-        listing = f"followups tasks --store {options.store_url}" + (f" --session {options.session}" if options.session else "")
+        listing = f"followups tasks --store {options.store_url}" + (f" --session {session.id}" if session is not store else "")
         out.write(f"Its tasks are kept in {options.store_url}; list them with: {listing}\n")
     return report
 

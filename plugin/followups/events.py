@@ -101,6 +101,21 @@ class Subscription:
                 items.append(_Gap())
         self._signal.bump()
 
+    def offer_gap(self, count: int) -> None:
+        """Record that ``count`` events this subscription may have matched were lost before
+        reaching it: the reader gets a :class:`~followups.Lagged` in their place."""
+        with self._lock:
+            if self._closed or count < 1:
+                return
+            items = self._items
+            if items and isinstance(items[-1], _Gap):
+                items[-1].count += count
+            else:
+                gap = _Gap()
+                gap.count = count
+                items.append(gap)
+        self._signal.bump()
+
     def receive_nowait(self) -> LifecycleEvent | Lagged | None:
         """The next event if one is queued, else None."""
         with self._lock:
@@ -189,6 +204,13 @@ class EventHub:
             if sinks and isinstance(event, _SINK_EVENTS):
                 for sink in sinks:
                     sink.deliver(event)
+
+    def missed(self, session: str, count: int) -> None:
+        """``count`` events of ``session`` were lost before reaching this process: each
+        subscription that sees that session gets a :class:`~followups.Lagged`. Never raises."""
+        for subscription in self._subscriptions:
+            if subscription.session is None or subscription.session == session:
+                subscription.offer_gap(count)
 
     def subscribe(
         self,

@@ -156,6 +156,14 @@ class FollowupSettings(BaseModel):
     redis_timeout_seconds: float = Field(
         default=5.0, gt=0, description="How long a Redis call may take before the store counts as unavailable."
     )
+    redis_event_stream_length: int = Field(
+        default=1000,
+        ge=1,
+        description=(
+            "Events each session's Redis stream keeps (about: trimmed with MAXLEN ~) for subscribers "
+            "whose connection was away; one that missed more sees Lagged."
+        ),
+    )
 
     @field_validator(*_NUMBER_FIELDS, mode="before")
     @classmethod

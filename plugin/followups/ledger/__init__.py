@@ -78,7 +78,10 @@ def open_backend(url: str, settings: FollowupSettings) -> LedgerBackend:
         from .redis import RedisBackend
 
         return RedisBackend(
-            url, worker_ttl_seconds=settings.worker_ttl_seconds, timeout_seconds=settings.redis_timeout_seconds
+            url,
+            worker_ttl_seconds=settings.worker_ttl_seconds,
+            timeout_seconds=settings.redis_timeout_seconds,
+            event_stream_length=settings.redis_event_stream_length,
         )
     raise ValueError(
         f"store URL {url!r} names no known backend; use memory://, sqlite:///path/to/file.db or redis://host:port/db"

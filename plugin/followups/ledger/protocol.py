@@ -107,6 +107,13 @@ class LedgerListener(Protocol):
         thread that made the change or on a backend's watcher thread; must not block."""
         ...
 
+    def missed(self, session: str, count: int) -> None:
+        """A shared backend could not hand on ``count`` events of ``session`` (they were
+        published while its watcher was away and are gone from its event log): subscriptions
+        that see that session get a ``Lagged(count)`` in their place. Same threading as
+        :meth:`apply`."""
+        ...
+
 
 # -- requests and results -----------------------------------------------------------------------
 

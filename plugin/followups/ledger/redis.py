@@ -19,7 +19,13 @@ changes it, writes it back and publishes what changed.
 * ``{P}:epoch:EPOCH`` — one per live worker, with a TTL (``worker_ttl_seconds``) its heartbeat
   refreshes; ``{P}:epochs`` (a hash) keeps each registered epoch's last heartbeat, so recovery
   can name when a dead worker was last seen.
-* ``{P}:fx`` — the pub/sub channel every script publishes its effects on.
+* ``{P:SESSION}:x`` — the session's event log: a stream with one entry per operation that had
+  effects (trimmed to about ``event_stream_length`` entries, ``XADD MAXLEN ~``), each numbered
+  with the count of lifecycle events logged so far. Scripts name it as their last key.
+* ``{P}:fx`` — the pub/sub channel every script publishes its effects on (with the log
+  entry's id and number).
+* ``{P}:total``, ``{P}:total-waiting``, ``{P}:total-reserved`` — the store-wide cap's count,
+  the sessions waiting for it and its unsettled reservations (token → epoch and session).
 
 :meth:`RedisBackend.transfer` is the one operation that spans two sessions: its script names
 both sessions' keys, which a single server and a cluster whose two keys share a node serve.
@@ -35,7 +41,10 @@ orphan each run exactly once.
 
 **Wake-ups.** A listener thread subscribes to ``{P}:fx`` and hands the effects of other
 processes' operations (published with their origin) to this process's listeners: waiters wake
-on another worker's finish, and a cancel for a run this process owns is carried out here.
+on another worker's finish, and a cancel for a run this process owns is carried out here. When
+its connection drops, it reconnects with backoff and first reads each session's event log from
+the last entry it saw: missed effects are handed on, and where the log was trimmed past that
+point the listeners are told how many events are gone (subscribers see ``Lagged``).
 
 Thread-safe: redis-py's connection pool serves concurrent calls. A server that cannot be
 reached or does not answer in ``redis_timeout_seconds`` raises
@@ -209,11 +218,15 @@ class RedisBackend:
         prefix: str | None = None,
         worker_ttl_seconds: float = 30.0,
         timeout_seconds: float = 5.0,
+        event_stream_length: int = 1000,
     ) -> None:
         if _redis is None:
             raise ImportError("the Redis backend needs the redis package: pip install 'followups[redis]'")
         if worker_ttl_seconds <= 0:
             raise ValueError(f"worker_ttl_seconds must be positive, got {worker_ttl_seconds!r}")
+        if isinstance(event_stream_length, bool) or not isinstance(event_stream_length, int) or event_stream_length < 1:
+            raise ValueError(f"event_stream_length must be a positive number of events, got {event_stream_length!r}")
+        self.event_stream_length = event_stream_length
         client_url, url_prefix = parse_redis_url(url)
         self.prefix = prefix if prefix is not None else url_prefix
         self.url = url
@@ -223,6 +236,15 @@ class RedisBackend:
             socket_timeout=timeout_seconds,
             socket_connect_timeout=timeout_seconds,
             retry=Retry(NoBackoff(), 1),
+            health_check_interval=0,
+        )
+        # the listener's own client does not reconnect behind its back: the listener does, and
+        # then reads what it missed from the event logs
+        self._watch_client = _redis.Redis.from_url(
+            client_url,
+            socket_timeout=timeout_seconds,
+            socket_connect_timeout=timeout_seconds,
+            retry=Retry(NoBackoff(), 0),
             health_check_interval=0,
         )
         kwargs = self._client.connection_pool.connection_kwargs
@@ -242,6 +264,11 @@ class RedisBackend:
         self._heartbeat: threading.Thread | None = None
         self._pubsub_ready = threading.Event()
         self._call_hook: Any = None  # tests: called with (operation, keys) before each script
+        self._watch_gate = threading.Event()  # tests: cleared, the watcher stays away after a loss
+        self._watch_gate.set()
+        # the newest entry seen of each session's event log: log key -> (entry id, number)
+        self._seen: dict[str, tuple[str, int]] = {}
+        self._watermark = "0-0"  # the newest entry id seen on any log (ids share the server clock)
         from .redis_labels import RedisReminderLabels  # imports redis, which this module does only if present
 
         self.reminder_labels = RedisReminderLabels(self._client, self.prefix)
@@ -250,6 +277,10 @@ class RedisBackend:
 
     def session_key(self, session: str) -> str:
         return f"{{{self.prefix}:{session}}}:s"
+
+    def event_log_key(self, session: str) -> str:
+        """The stream of ``session``'s events (bounded by ``event_stream_length``)."""
+        return f"{{{self.prefix}:{session}}}:x"
 
     def session_keys(self, session: str) -> list[str]:
         """The keys of ``session``: its document, its runs, its pending notifications."""
@@ -269,7 +300,7 @@ class RedisBackend:
 
     @property
     def _total_keys(self) -> list[str]:
-        return [f"{{{self.prefix}}}:total", f"{{{self.prefix}}}:total-waiting"]
+        return [f"{{{self.prefix}}}:total", f"{{{self.prefix}}}:total-waiting", f"{{{self.prefix}}}:total-reserved"]
 
     @property
     def _generation_key(self) -> str:
@@ -286,14 +317,23 @@ class RedisBackend:
         except (_redis.ConnectionError, _redis.TimeoutError) as exc:
             raise self._unavailable(exc) from exc
 
-    def _run(self, operation: str, keys: Sequence[str], request: dict[str, Any]) -> dict[str, Any]:
-        """Run ``operation``'s script; dispatch its effects here; return its result."""
+    def _run(
+        self, operation: str, keys: Sequence[str], request: dict[str, Any], *, give_back: bool = True
+    ) -> dict[str, Any]:
+        """Run ``operation``'s script; dispatch its effects here; give back the store-wide
+        slots it freed (unless ``give_back`` is false: the caller does); return its result."""
+        names = [*keys, keys[0][:-2] + ":x"]  # the first session's event log last
         hook = self._call_hook
         if hook is not None:
-            hook(operation, list(keys))
-        args = [self._channel, self._origin, json.dumps(request, separators=(",", ":"), ensure_ascii=False)]
+            hook(operation, names)
+        args: list[str | int] = [
+            self._channel,
+            self._origin,
+            json.dumps(request, separators=(",", ":"), ensure_ascii=False),
+            self.event_stream_length,
+        ]
         try:
-            reply = self._scripts[operation](keys=list(keys), args=args)
+            reply = self._scripts[operation](keys=names, args=args)
         except (_redis.ConnectionError, _redis.TimeoutError) as exc:
             raise self._unavailable(exc) from exc
         result: dict[str, Any] = json.loads(reply[0])
@@ -301,7 +341,7 @@ class RedisBackend:
         if effects:
             self._dispatch(effects)
         freed = result.get("freed_total")
-        if freed:
+        if freed and give_back:
             self._release_total(int(freed))
         return result
 
@@ -314,9 +354,11 @@ class RedisBackend:
             except Exception:
                 logger.exception("a ledger listener failed on %d effects", len(effects))
 
-    def _session_run(self, operation: str, session: str, request: dict[str, Any]) -> dict[str, Any]:
+    def _session_run(
+        self, operation: str, session: str, request: dict[str, Any], *, give_back: bool = True
+    ) -> dict[str, Any]:
         request["session"] = session
-        return self._run(operation, self.session_keys(session), request)
+        return self._run(operation, self.session_keys(session), request, give_back=give_back)
 
     def _ref_run(self, operation: str, ref: RunRef, request: dict[str, Any]) -> dict[str, Any]:
         """Run a script on the session where ``ref``'s run lives, following its transfers."""
@@ -384,6 +426,7 @@ class RedisBackend:
         for thread in threads:
             thread.join(timeout=5)
         self._client.close()
+        self._watch_client.close()
 
     def _beat(self, epochs: Sequence[str]) -> None:
         """Refresh the epoch keys of ``epochs`` and record their heartbeat."""
@@ -417,7 +460,7 @@ class RedisBackend:
         """The listener thread: effects of other processes' operations, to our listeners."""
         delay = 0.05
         while not self._closed.is_set():
-            pubsub = self._client.pubsub()  # type: ignore[no-untyped-call]  # untyped in redis-py
+            pubsub = self._watch_client.pubsub()  # type: ignore[no-untyped-call]  # untyped in redis-py
             try:
                 pubsub.subscribe(self._channel)
                 # the subscription is live once the server confirms it
@@ -426,17 +469,25 @@ class RedisBackend:
                     if message is None:
                         continue
                     if message["type"] == "subscribe":
-                        if self._pubsub_ready.is_set():
-                            self._resync()  # back after a lost connection
+                        if self._pubsub_ready.is_set():  # back after a lost connection
+                            self._catch_up()
+                            self._resync()
+                        else:
+                            self._watermark = self._server_now()
                         self._pubsub_ready.set()
                         delay = 0.05
                         continue
                     if message["type"] != "message":
                         continue
-                    origin, _, payload = bytes(message["data"]).partition(b"\n")
-                    if origin.decode() == self._origin or not payload:
-                        continue  # our own effects (dispatched already), or a close's wake-up
+                    origin, _, rest = bytes(message["data"]).partition(b"\n")
+                    header, _, payload = rest.partition(b"\n")
+                    if not payload:
+                        continue  # a close's wake-up
                     try:
+                        log, entry_id, number = header.decode().split(" ")
+                        fresh = self._note_seen(log, entry_id, int(number))
+                        if not fresh or origin.decode() == self._origin:
+                            continue  # caught up already, or our own effects (dispatched already)
                         effects = _effects(payload)
                     except (ValueError, KeyError):
                         logger.warning("ignoring a malformed effects message on %s", self._channel)
@@ -446,11 +497,76 @@ class RedisBackend:
                 logger.debug("redis watcher lost its connection (%s); reconnecting", exc)
                 self._closed.wait(delay)
                 delay = min(delay * 2, 2.0)
+                while not self._watch_gate.wait(0.05) and not self._closed.is_set():
+                    continue
             finally:
                 try:
                     pubsub.close()
                 except (_redis.ConnectionError, OSError) as exc:
                     logger.debug("closing a lost pub/sub connection: %s", exc)
+
+    def _server_now(self) -> str:
+        """The server's clock as an event log id: entries after it are newer than now."""
+        try:
+            seconds, micros = self._command(self._client.time)
+        except BackendUnavailable:
+            return self._watermark
+        return f"{int(seconds) * 1000 + int(micros) // 1000}-0"
+
+    def _note_seen(self, log: str, entry_id: str, number: int) -> bool:
+        """Record entry ``entry_id`` of ``log`` (its events so far: ``number``) as seen; False
+        if it (or a later one) was already."""
+        last = self._seen.get(log)
+        if last is not None and not _id_after(entry_id, last[0]):
+            return False
+        self._seen[log] = (entry_id, number)
+        if _id_after(entry_id, self._watermark):
+            self._watermark = entry_id
+        return True
+
+    def _catch_up(self) -> None:
+        """Hand on the events other processes logged while the listener was away, from each
+        session's event log; where a log was trimmed past what this process had seen, tell the
+        listeners how many events of that session are lost (subscribers see ``Lagged``)."""
+        with self._lock:
+            listeners = list(self._listeners.values())
+        if not listeners:
+            return
+        try:
+            sessions = self._all_sessions()
+            pipe = self._client.pipeline(transaction=False)
+            starts = []
+            for session in sessions:
+                log = self.event_log_key(session)
+                last = self._seen.get(log)
+                start = f"({last[0]}" if last is not None else f"({self._watermark}"
+                starts.append((session, log, last))
+                pipe.xrange(log, start, "+")
+            found = self._command(pipe.execute)
+        except BackendUnavailable as exc:
+            logger.warning("could not read the event logs after the listener reconnected (%s)", exc)
+            return
+        for (session, log, last), entries in zip(starts, found, strict=True):
+            if not entries:
+                continue
+            head = entries[0][1]
+            lost = 0 if last is None else int(head[b"n"]) - int(head[b"c"]) - last[1]
+            if lost > 0:
+                for listener in listeners:
+                    missed = getattr(listener, "missed", None)
+                    if missed is not None:
+                        missed(session, lost)
+            for entry_id, fields in entries:
+                if not self._note_seen(log, entry_id.decode(), int(fields[b"n"])):
+                    continue
+                if fields[b"o"].decode() == self._origin:
+                    continue
+                try:
+                    effects = _effects(fields[b"fx"])
+                except (ValueError, KeyError):
+                    logger.warning("ignoring a malformed entry %s of %s", entry_id, log)
+                    continue
+                self._dispatch(effects)
 
     def _resync(self) -> None:
         """Carry out what this process's runs may have been owed while the listener was away,
@@ -478,50 +594,76 @@ class RedisBackend:
         except (_redis.ConnectionError, _redis.TimeoutError) as exc:
             raise self._unavailable(exc) from exc
 
-    def _acquire_total(self, cap: int) -> tuple[bool, int]:
-        granted, running = self._total("acquire", self._total_keys[:1], [cap])
-        return bool(granted), int(running)
+    def _acquire_total(self, cap: int, epoch: str | None, session: str) -> tuple[bool, int, str]:
+        """Reserve a store-wide slot for a run of ``session``: (granted, running, token). The
+        reservation names ``epoch`` (the worker making it), so that if the worker dies before
+        its session's script takes the slot, a recovery pass gives the slot back."""
+        token = uuid.uuid4().hex[:16] if epoch is not None else ""
+        keys = [self._total_keys[0], self._total_keys[2]]
+        granted, running = self._total("acquire", keys, [cap, token, f"{epoch}\t{session}"])
+        return bool(granted), int(running), token if granted else ""
 
-    def _release_total(self, count: int, *, done_with: str = "") -> None:
-        """Give ``count`` store-wide slots back, then hand each free one to a session whose
-        queued runs wait for the store-wide cap (the one that frees a slot admits from
-        whichever session waits, as the memory backend does)."""
-        stored_cap, members = self._total("release", self._total_keys, [count, done_with])
+    def _settle_total(self, token: str, freed: int, *, done_with: str = "") -> None:
+        """After the script a reservation was for: give back ``freed`` slots and forget the
+        reservation in one step (so recovery never gives its slot back a second time)."""
+        if freed or done_with:
+            self._release_total(freed, done_with=done_with, token=token)
+        elif token:
+            self._command(self._client.hdel, self._total_keys[2], token)
+
+    def _reserving_epoch(self) -> str | None:
+        with self._lock:
+            return next(iter(self._listeners), None)
+
+    def _release_total(self, count: int, *, done_with: str = "", token: str = "") -> None:
+        """Give ``count`` store-wide slots back (settling reservation ``token``, if given), then
+        hand each free one to a session whose queued runs wait for the store-wide cap (the one
+        that frees a slot admits from whichever session waits, as the memory backend does)."""
+        stored_cap, members = self._total("release", self._total_keys, [count, done_with, token])
         waiting = [name.decode() for name in members]
         cap = self._total_cap if self._total_cap is not None else (int(stored_cap) if stored_cap else None)
         if cap is None:
             return
         for session in waiting:
-            granted, _ = self._acquire_total(cap)
+            granted, _, reserved = self._acquire_total(cap, self._reserving_epoch(), session)
             if not granted:
                 return
-            result = self._session_run("admit", session, {})
+            result = self._session_run("admit", session, {"total_token": reserved or None})
             if not result["admitted"]:
-                self._release_total(1, done_with=session)
+                self._settle_total(reserved, 1, done_with=session)
                 return
+            self._settle_total(reserved, 0)
 
     def create(self, request: CreateRequest) -> Admission:
         self._note_session(request.session)
         total_slot = 0
         total_running = 0
+        token = ""
         if request.max_running is not None and request.max_running_total is not None:
             self._total_cap = request.max_running_total
-            granted, total_running = self._acquire_total(request.max_running_total)
+            granted, total_running, token = self._acquire_total(
+                request.max_running_total, request.epoch, request.session
+            )
             total_slot = 1 if granted else 0
         try:
-            result = self._create(request, total_slot, total_running)
+            result = self._create(request, total_slot, total_running, token)
         except BaseException:
             if total_slot:
-                self._release_total(1)
+                self._settle_total(token, 1)
             raise
+        freed = int(result.get("freed_total") or 0)
         if result.get("err") is not None and total_slot:
-            self._release_total(1)
+            freed += 1  # the reserved slot, unused
+        if total_slot:
+            self._settle_total(token, freed)
+        elif freed:
+            self._release_total(freed)
         if result.get("waits_total"):
             self._total("wait", self._total_keys, [request.session])
             self._release_total(0)  # a slot freed before the session was listed as waiting
         return self._admission(request, result)
 
-    def _create(self, request: CreateRequest, total_slot: int, total_running: int) -> dict[str, Any]:
+    def _create(self, request: CreateRequest, total_slot: int, total_running: int, token: str) -> dict[str, Any]:
         return self._session_run(
             "create",
             request.session,
@@ -546,7 +688,9 @@ class RedisBackend:
                 "max_running_total": request.max_running_total if request.max_running is not None else None,
                 "total_slot": total_slot,
                 "total_running": total_running,
+                "total_token": token or None,
             },
+            give_back=False,
         )
 
     def _admission(self, request: CreateRequest, result: dict[str, Any]) -> Admission:
@@ -756,15 +900,39 @@ class RedisBackend:
         times are the callers' clock, which need not be this one."""
         orphaned = 0
         still_live: set[str] = set()
+        tokens = self._dead_reservations(dead)
+        consumed: set[str] = set()
         for session in self._all_sessions():
-            result = self._session_run("recover", session, {"now": _t(now), "dead": dead, "expire": expire})
+            request = {"now": _t(now), "dead": dead, "expire": expire, "tokens": tokens.get(session, [])}
+            result = self._session_run("recover", session, request)
             orphaned += int(result["orphaned"])
             still_live.update(_list(result["epochs"]))
+            consumed.update(_list(result.get("consumed")))
+        if tokens:
+            everyone = [token for found in tokens.values() for token in found]
+            unused = [token for token in everyone if token not in consumed]
+            taken = [token for token in everyone if token in consumed]
+            released = int(self._total("settle", [self._total_keys[0], self._total_keys[2]], [len(unused), *unused, *taken]))
+            if released:
+                logger.warning("gave back %d store-wide slot(s) reserved by stopped workers", released)
+                self._release_total(0)
         if forget and dead:
             gone = [epoch for epoch in dead if epoch not in still_live]
             if gone:
                 self._command(self._client.hdel, self._epochs_key, *gone)
         return orphaned
+
+    def _dead_reservations(self, dead: dict[str, str]) -> dict[str, builtins.list[str]]:
+        """Store-wide reservations made by ``dead`` epochs, by session: session -> tokens."""
+        if not dead:
+            return {}
+        found = self._command(self._client.hgetall, self._total_keys[2])
+        tokens: dict[str, builtins.list[str]] = {}
+        for token, owner in found.items():
+            epoch, _, session = owner.decode().partition("\t")
+            if epoch in dead:
+                tokens.setdefault(session, []).append(token.decode())
+        return tokens
 
     def recover(self, *, now: float) -> int:
         return self._recover_sessions(now, self._dead_epochs(), forget=True, expire=True)
@@ -841,6 +1009,13 @@ class RedisBackend:
                 self._command(self._client.delete, *keys)
             if cursor == 0:
                 return
+
+
+def _id_after(a: str, b: str) -> bool:
+    """Whether stream entry id ``a`` is after ``b``."""
+    a_ms, _, a_seq = a.partition("-")
+    b_ms, _, b_seq = b.partition("-")
+    return (int(a_ms), int(a_seq or 0)) > (int(b_ms), int(b_seq or 0))
 
 
 def _state(data: Sequence[str]) -> TaskState:

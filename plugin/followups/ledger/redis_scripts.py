@@ -5,7 +5,10 @@ Each script is :data:`PRELUDE` (shared helpers, a port of the memory backend's i
 the body of one operation. A script reads its session's document (one JSON value under
 ``{prefix:session}:s``), changes it, writes it back, publishes its effects, and returns
 ``[result JSON, effects JSON]``. Scripts get the session key(s) as ``KEYS``; ``ARGV`` is
-``[effects channel, origin id, request JSON]``.
+``[effects channel, origin id, request JSON, event log length]``; the last key is the
+event log (a stream) of the first session named: a script with effects appends them there,
+numbered (``n``) and trimmed to about the given length, and publishes them with the log's
+name, the entry's id and number.
 
 Times travel as strings (Python's ``repr`` of a float): Redis's JSON encoder keeps only 14
 significant digits, which would move a timestamp. Scripts compare them with ``tonumber``.
@@ -19,6 +22,7 @@ PRELUDE = r"""
 local CHANNEL = ARGV[1]
 local ORIGIN = ARGV[2]
 local REQ = cjson.decode(ARGV[3])
+local STREAM_LENGTH = ARGV[4]
 local NULL = cjson.null
 local FX = {}
 local FREED_TOTAL = 0  -- store-wide slots given up by this operation (see the total_* scripts)
@@ -114,7 +118,20 @@ local function finish_script(result)
   local fx = '[]'
   if #FX > 0 then
     fx = cjson.encode(FX)
-    if not REQ.quiet then redis.call('PUBLISH', CHANNEL, ORIGIN .. '\n' .. fx) end
+    if not REQ.quiet then
+      -- the session's event log (the last key): each entry counts its lifecycle events (c)
+      -- and the log's events so far (n), so a reader can count what a trim took from it
+      local log = KEYS[#KEYS]
+      local c = 0
+      for _, e in ipairs(FX) do
+        if e.type ~= 'changed' and e.type ~= 'action' then c = c + 1 end
+      end
+      local last = redis.call('XREVRANGE', log, '+', '-', 'COUNT', 1)
+      local n = c
+      if #last > 0 then n = tonumber(last[1][2][2]) + c end
+      local id = redis.call('XADD', log, 'MAXLEN', '~', STREAM_LENGTH, '*', 'n', n, 'c', c, 'o', ORIGIN, 'fx', fx)
+      redis.call('PUBLISH', CHANNEL, ORIGIN .. '\n' .. log .. ' ' .. id .. ' ' .. n .. '\n' .. fx)
+    end
   end
   return {cjson.encode(result), fx}
 end
@@ -284,7 +301,8 @@ end
 local cancel_run
 
 local function admit_from(s, tot)
-  -- admit the session's oldest queued capped run; ``tot``: it takes a store-wide slot
+  -- admit the session's oldest queued capped run (returned, or false); ``tot``: it takes a
+  -- store-wide slot
   while #s.queue > 0 do
     local g = table.remove(s.queue, 1)
     local run = s.runs[g]
@@ -296,7 +314,7 @@ local function admit_from(s, tot)
       s.running = s.running + 1
       s.crun = s.crun + 1
       emit_action(run, 'start')
-      return true
+      return run
     end
   end
   return false
@@ -473,6 +491,7 @@ local max_running = val(REQ.max_running)
 local total = val(REQ.max_running_total)
 local st
 local takes_total, waits_total = false, false
+local reserved_taken = false  -- the run takes the slot reserved for it (REQ.total_slot)
 if max_running ~= nil then
   s.cap = max_running
   local freed = 0
@@ -494,6 +513,7 @@ if max_running ~= nil then
     elseif under_cap then reason = 'total_cap'; running = REQ.total_running or 0 end
     return finish_script(err('admission', {reason = reason, running = running, queued = s.cq}))
   end
+  reserved_taken = takes_total and REQ.total_slot == 1 and not inherits
   if inherits and takes_total then
     existing.tot = nil  -- its slot goes to the new run, not back to the store
     if REQ.total_slot == 1 then FREED_TOTAL = FREED_TOTAL + 1 end
@@ -532,6 +552,8 @@ else
   s.running = s.running + 1
   if run.cap then s.crun = s.crun + 1 end
   if takes_total then run.tot = true end
+  -- the run took the slot reserved for it: its token says so to a recovery pass
+  if reserved_taken then run.tk = val(REQ.total_token) end
 end
 emit({type = 'registered', task = task_of(run, s)})
 emit_changed(s)
@@ -1007,9 +1029,19 @@ for i = 1, #s.live do
   local ep = s.runs[s.records[s.live[i]]].ep
   if not seen[ep] then seen[ep] = true; epochs[#epochs + 1] = ep end
 end
+-- store-wide reservations of dead workers made for this session: which a run took
+local consumed = {}
+local wanted = {}
+for _, token in ipairs(REQ.tokens or {}) do wanted[token] = true end
+if next(wanted) ~= nil then
+  for _, g in pairs(s.records) do
+    local run = s.runs[g]
+    if run ~= nil and run.tk ~= nil and wanted[run.tk] then consumed[#consumed + 1] = run.tk end
+  end
+end
 if #orphans > 0 or count_available(s) ~= before then emit_changed(s) end
 if #orphans > 0 or dirty then save(s) end
-return finish_script({orphaned = #orphans, epochs = epochs})
+return finish_script({orphaned = #orphans, epochs = epochs, consumed = consumed})
 """
 
 OPERATIONS["gc_finished"] = r"""
@@ -1122,7 +1154,13 @@ OPERATIONS["admit"] = r"""
 -- a store-wide slot was reserved for this session: admit its oldest queued capped run with it
 local s = load(KEYS[1], KEYS[2], KEYS[3], REQ.session)
 local admitted = false
-if s.exists and (s.cap == nil or s.crun < s.cap) then admitted = admit_from(s, true) end
+if s.exists and (s.cap == nil or s.crun < s.cap) then
+  local run = admit_from(s, true)
+  if run then
+    admitted = true
+    run.tk = val(REQ.total_token)
+  end
+end
 if admitted then emit_changed(s); save(s) end
 return finish_script({admitted = admitted, queued = s.cq})
 """
@@ -1131,21 +1169,42 @@ return finish_script({admitted = admitted, queued = s.cq})
 # a session's create script takes it, and given back after an operation freed it, so the count
 # of runs holding one never exceeds the cap, whichever sessions and slots they live in.
 TOTAL_SCRIPTS: dict[str, str] = {
+    # ARGV: cap, reservation token, its owner ("EPOCH\tSESSION"); KEYS: total, reservations
     "acquire": r"""
 redis.call('HSET', KEYS[1], 'cap', ARGV[1])
 local running = tonumber(redis.call('HGET', KEYS[1], 'running') or '0')
 if running < tonumber(ARGV[1]) then
   redis.call('HSET', KEYS[1], 'running', running + 1)
+  if ARGV[2] ~= '' then redis.call('HSET', KEYS[2], ARGV[2], ARGV[3]) end
   return {1, running + 1}
 end
 return {0, running}
 """,
+    # ARGV: slots given back, session done waiting (or ''), reservation settled (or '');
+    # KEYS: total, waiting sessions, reservations
     "release": r"""
 local running = tonumber(redis.call('HGET', KEYS[1], 'running') or '0') - tonumber(ARGV[1])
 if running < 0 then running = 0 end
 redis.call('HSET', KEYS[1], 'running', running)
 if ARGV[2] ~= '' then redis.call('SREM', KEYS[2], ARGV[2]) end
+if ARGV[3] ~= '' then redis.call('HDEL', KEYS[3], ARGV[3]) end
 return {redis.call('HGET', KEYS[1], 'cap') or '', redis.call('SMEMBERS', KEYS[2])}
+""",
+    # recovery: ARGV[1] = how many of the tokens after it no run took (each gives its slot
+    # back, once, whoever settles it first); the rest were taken and are only forgotten.
+    # KEYS: total, reservations
+    "settle": r"""
+local unused = tonumber(ARGV[1])
+local released = 0
+for i = 2, #ARGV do
+  if redis.call('HDEL', KEYS[2], ARGV[i]) == 1 and i <= unused + 1 then released = released + 1 end
+end
+if released > 0 then
+  local running = tonumber(redis.call('HGET', KEYS[1], 'running') or '0') - released
+  if running < 0 then running = 0 end
+  redis.call('HSET', KEYS[1], 'running', running)
+end
+return released
 """,
     "wait": r"""
 redis.call('SADD', KEYS[2], ARGV[1])
