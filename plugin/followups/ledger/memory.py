@@ -636,7 +636,7 @@ class MemoryBackend:
                     continue
                 notification = entry.notification
                 if budget is not None:
-                    weight = len(notification.id) + len(notification.state.text) + overhead
+                    weight = len(notification.id) + notification.state.text_length + overhead
                     if taken and used + weight > budget:
                         break
                     used += weight
