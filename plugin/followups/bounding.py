@@ -23,6 +23,7 @@ HEAVY_TEXT_CHARS = 64 * 1024
 # the GIL, the hash of each piece releases it, and the CPU is offered to other threads between
 # pieces, so an event loop in another thread keeps running.
 _DIGEST_CHUNK_CHARS = 1 << 18
+_DIGEST_PREFIXES = {status: status.value.encode() + b"\0" for status in TaskStatus}
 
 
 def report_digest(state: TaskState) -> str:
@@ -31,16 +32,14 @@ def report_digest(state: TaskState) -> str:
 
     Thread-safe and pure. A long text is hashed in pieces of the same UTF-8 bytes, so the
     digest is the same as of the whole encoding and no single step holds the GIL for long."""
-    digest = hashlib.blake2b(digest_size=16)
-    digest.update(state.status.value.encode())
-    digest.update(b"\0")
     text = state.text
+    prefix = _DIGEST_PREFIXES[state.status]
     if len(text) <= _DIGEST_CHUNK_CHARS:
-        digest.update(text.encode("utf-8", "surrogatepass"))
-    else:
-        for start in range(0, len(text), _DIGEST_CHUNK_CHARS):
-            digest.update(text[start : start + _DIGEST_CHUNK_CHARS].encode("utf-8", "surrogatepass"))
-            let_others_run()
+        return hashlib.blake2b(prefix + text.encode("utf-8", "surrogatepass"), digest_size=16).hexdigest()
+    digest = hashlib.blake2b(prefix, digest_size=16)
+    for start in range(0, len(text), _DIGEST_CHUNK_CHARS):
+        digest.update(text[start : start + _DIGEST_CHUNK_CHARS].encode("utf-8", "surrogatepass"))
+        let_others_run()
     return digest.hexdigest()
 
 
