@@ -1044,7 +1044,11 @@ def run_figure_modules(check: bool, directory: Path = BENCH_DIR) -> list[tuple[s
         name = path.stem
         print(f"\n== {name} ==", flush=True)
         try:
-            spec = importlib.util.spec_from_file_location(f"benchmarks_{name}", path)
+            # Under its own name, with its directory on sys.path: a child process it starts
+            # with the "spawn" method imports it again by that name to find its target.
+            if str(directory) not in sys.path:
+                sys.path.insert(0, str(directory))
+            spec = importlib.util.spec_from_file_location(name, path)
             if spec is None or spec.loader is None:
                 outcomes.append((name, "FAIL (cannot be loaded)"))
                 continue

@@ -7,7 +7,7 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 
-from .relay import OutputRelay
+from .relay import CompressedText, OutputRelay
 from .state import TaskState, TaskStatus
 from .truncation import head_cap, let_others_run
 
@@ -23,6 +23,7 @@ HEAVY_TEXT_CHARS = 64 * 1024
 # the GIL, the hash of each piece releases it, and the CPU is offered to other threads between
 # pieces, so an event loop in another thread keeps running.
 _DIGEST_CHUNK_CHARS = 1 << 18
+_DIGEST_PREFIXES = {status: status.value.encode() + b"\0" for status in TaskStatus}
 
 
 def report_digest(state: TaskState) -> str:
@@ -31,16 +32,14 @@ def report_digest(state: TaskState) -> str:
 
     Thread-safe and pure. A long text is hashed in pieces of the same UTF-8 bytes, so the
     digest is the same as of the whole encoding and no single step holds the GIL for long."""
-    digest = hashlib.blake2b(digest_size=16)
-    digest.update(state.status.value.encode())
-    digest.update(b"\0")
     text = state.text
+    prefix = _DIGEST_PREFIXES[state.status]
     if len(text) <= _DIGEST_CHUNK_CHARS:
-        digest.update(text.encode("utf-8", "surrogatepass"))
-    else:
-        for start in range(0, len(text), _DIGEST_CHUNK_CHARS):
-            digest.update(text[start : start + _DIGEST_CHUNK_CHARS].encode("utf-8", "surrogatepass"))
-            let_others_run()
+        return hashlib.blake2b(prefix + text.encode("utf-8", "surrogatepass"), digest_size=16).hexdigest()
+    digest = hashlib.blake2b(prefix, digest_size=16)
+    for start in range(0, len(text), _DIGEST_CHUNK_CHARS):
+        digest.update(text[start : start + _DIGEST_CHUNK_CHARS].encode("utf-8", "surrogatepass"))
+        let_others_run()
     return digest.hexdigest()
 
 
@@ -54,7 +53,8 @@ class Bounded:
 
 class OutputBounds:
     """How big a reported state may be shown: a completed text the relay would relay is relayed
-    (:meth:`OutputRelay.should_relay` is the only size decision), an error or cancel reason over
+    (:meth:`OutputRelay.should_relay` is the only size decision) and its preview kept as a
+    :class:`~followups.relay.CompressedText` where that saves memory, an error or cancel reason over
     ``max_error_chars`` is capped. Thread-safe; :meth:`bound` does file I/O."""
 
     def __init__(self, relay: OutputRelay, max_error_chars: int) -> None:
@@ -79,8 +79,14 @@ class OutputBounds:
             if not self.relay.should_relay(state.text):
                 return Bounded(state)
             outcome = self.relay.relay_if_large(label, state.text)
-            path = None if outcome.path is None else str(outcome.path)
-            return Bounded(TaskState.completed(outcome.text), path)
+            if outcome.path is None:
+                return Bounded(TaskState.completed(outcome.text))
+            # A relayed preview waits in the ledger compressed, not as a string of up to
+            # relay_inline_max_bytes: a backlog of undrained results costs a fraction of that each.
+            compressed = CompressedText.of(outcome.text)
+            if compressed is None:
+                return Bounded(TaskState.completed(outcome.text), str(outcome.path))
+            return Bounded(TaskState.deferred(_COMPLETED, compressed), str(outcome.path))
         what = "task error" if state.status is _FAILED else "cancel reason"
         capped = head_cap(state.text, self.max_error_chars, what)
         return Bounded(state if capped is state.text else TaskState(state.status, capped))

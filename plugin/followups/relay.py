@@ -32,6 +32,7 @@ import stat
 import threading
 import time
 import weakref
+import zlib
 from collections import OrderedDict, deque
 from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass
@@ -41,6 +42,7 @@ from typing import ClassVar, Self
 
 from .reminders import ReminderRenderer
 from .settings import FollowupSettings
+from .state import DeferredText
 from .truncation import (
     build_preview,
     count_lines,
@@ -53,7 +55,7 @@ from .truncation import (
     utf8_size,
 )
 
-__all__ = ["OutputRelay", "RelayOutcome", "RelayStream"]
+__all__ = ["CompressedText", "OutputRelay", "RelayOutcome", "RelayStream"]
 
 logger = logging.getLogger("followups.relay")
 
@@ -92,6 +94,52 @@ class RelayOutcome:
     text: str
     path: Path | None = None
     error: str | None = None
+
+
+_MIN_COMPRESSED_CHARS = 1024  # shorter texts are not worth compressing
+_COMPRESSION_LEVEL = 6
+
+
+class CompressedText(DeferredText):
+    """A text held zlib-compressed, rebuilt exactly on each read: how a relayed result's preview
+    waits in the ledger, at a fraction of its size (the preview of a typical output compresses
+    three to five times; one of repetitive lines, far more).
+
+    Immutable and thread-safe; :meth:`render` never raises and returns the same ``str`` each
+    time (a new object)."""
+
+    __slots__ = ("_data", "_length")
+
+    def __init__(self, data: bytes, length: int) -> None:
+        self._data = data
+        self._length = length
+
+    @classmethod
+    def of(cls, text: str) -> CompressedText | None:
+        """``text`` compressed, or None when it is short, holds a lone surrogate, or would not
+        shrink by a quarter."""
+        if len(text) < _MIN_COMPRESSED_CHARS:
+            return None
+        try:
+            raw = text.encode("utf-8")
+        except UnicodeEncodeError:
+            return None
+        data = zlib.compress(raw, _COMPRESSION_LEVEL)
+        if len(data) * 4 > len(raw) * 3:
+            return None
+        return cls(data, len(text))
+
+    @property
+    def length(self) -> int:
+        return self._length
+
+    @property
+    def compressed_bytes(self) -> int:
+        """How many bytes the compressed text takes."""
+        return len(self._data)
+
+    def render(self) -> str:
+        return zlib.decompress(self._data).decode("utf-8")
 
 
 class _Refused(Exception):

@@ -4,6 +4,7 @@ events that subscribers and a UI sink receive. All are frozen and compare by val
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 import re
 from dataclasses import dataclass, field
@@ -15,6 +16,7 @@ __all__ = [
     "DEFAULT_SESSION",
     "BackgroundTask",
     "CancelledBy",
+    "DeferredText",
     "ClosePolicy",
     "Lagged",
     "LeaseInfo",
@@ -103,22 +105,94 @@ CANCELLED_BY: tuple[CancelledBy, ...] = (
 )
 
 
-@dataclass(frozen=True, slots=True)
+class DeferredText:
+    """A text kept out of memory and rebuilt when read: a relayed result's preview, rebuilt
+    from the file that holds the output (:mod:`followups.relay`).
+
+    :meth:`render` returns the same text every time while its source is intact, and an honest
+    notice otherwise; it never raises. ``length`` is the text's length in characters while its
+    source is intact (a notice in its place is never longer). Thread-safe: rendering only
+    reads."""
+
+    __slots__ = ()
+
+    @property
+    def length(self) -> int:
+        raise NotImplementedError
+
+    def render(self) -> str:
+        raise NotImplementedError
+
+
 class TaskState:
     """A task's status and the text that goes with it.
 
     ``text`` is the result for a completed task, the error for a failed one, the reason for a
     cancelled one, and empty while the task is live. Build states with the constructors.
+    Frozen; equal when status and text are; hashable.
+
+    A relayed result's text may be held as a :class:`DeferredText` (its preview, rebuilt from
+    the file on each read of ``text``, so it costs no memory while it waits); ``text`` is
+    always a ``str``, and the state pickles and copies as a plain one.
     """
 
-    status: TaskStatus
-    text: str = ""
+    __slots__ = ("status", "_text")
+    __match_args__ = ("status", "text")
 
-    def __post_init__(self) -> None:
-        if type(self.status) is not TaskStatus:
-            object.__setattr__(self, "status", TaskStatus(self.status))
-        if not isinstance(self.text, str):
-            raise TypeError(f"TaskState.text must be str, got {type(self.text).__name__}")
+    status: TaskStatus
+    _text: str | DeferredText
+
+    def __init__(self, status: TaskStatus | str, text: str = "") -> None:
+        if type(status) is not TaskStatus:
+            status = TaskStatus(status)
+        if text.__class__ is not str and not isinstance(text, (str, DeferredText)):
+            raise TypeError(f"TaskState.text must be str, got {type(text).__name__}")
+        object.__setattr__(self, "status", status)
+        object.__setattr__(self, "_text", text)
+
+    @classmethod
+    def deferred(cls, status: TaskStatus, text: DeferredText) -> TaskState:
+        """A state whose text is rebuilt from ``text`` whenever it is read."""
+        if not isinstance(text, DeferredText):
+            raise TypeError(f"TaskState.deferred needs a DeferredText, got {type(text).__name__}")
+        return cls(status, text)  # type: ignore[arg-type]
+
+    @property
+    def text(self) -> str:
+        text = self._text
+        return text if text.__class__ is str else text.render()  # type: ignore[union-attr]
+
+    @property
+    def text_length(self) -> int:
+        """``len(self.text)``, without rebuilding a deferred text."""
+        text = self._text
+        return len(text) if isinstance(text, str) else text.length
+
+    @property
+    def is_deferred(self) -> bool:
+        """True when ``text`` is rebuilt on each read rather than held in memory."""
+        return not isinstance(self._text, str)
+
+    def __setattr__(self, name: str, value: object) -> None:
+        raise dataclasses.FrozenInstanceError(f"cannot assign to field {name!r}")
+
+    def __delattr__(self, name: str) -> None:
+        raise dataclasses.FrozenInstanceError(f"cannot delete field {name!r}")
+
+    def __eq__(self, other: object) -> bool:
+        if other.__class__ is not TaskState:
+            return NotImplemented
+        assert isinstance(other, TaskState)
+        return self.status is other.status and (self._text is other._text or self.text == other.text)
+
+    def __hash__(self) -> int:
+        return hash((self.status, self.text))
+
+    def __repr__(self) -> str:
+        return f"TaskState(status={self.status!r}, text={self.text!r})"
+
+    def __reduce__(self) -> tuple[type[TaskState], tuple[TaskStatus, str]]:
+        return (TaskState, (self.status, self.text))
 
     @classmethod
     def queued(cls) -> TaskState:

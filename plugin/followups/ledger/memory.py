@@ -13,6 +13,7 @@ import dataclasses
 import itertools
 import logging
 import threading
+import types
 import uuid
 from collections import deque
 from collections.abc import Collection, Iterator, Sequence
@@ -223,6 +224,9 @@ def _entry_key(notification: TaskNotification) -> Any:
     return int(generation)
 
 
+_NONE: Any = types.MappingProxyType({})
+
+
 class _Session:
     __slots__ = (
         "available",
@@ -248,9 +252,12 @@ class _Session:
         self.changed = SessionChanged(name)
         self.records: dict[str, _Run] = {}
         self.live: dict[str, None] = {}  # by creation
-        self.finished: dict[str, None] = {}  # by finish: the eviction order
-        self.names: dict[str, str] = {}  # live task name -> task id
-        self.children: dict[str, set[str]] = {}  # parent task id -> child task ids
+        # These four start as the shared read-only _NONE and are made by their first write
+        # (the own_* methods): most sessions never use some of them, and an empty dict costs
+        # 64 bytes. Reads work on _NONE as on an empty dict; a write to it raises.
+        self.finished: dict[str, None] = _NONE  # by finish: the eviction order
+        self.names: dict[str, str] = _NONE  # live task name -> task id
+        self.children: dict[str, set[str]] = _NONE  # parent task id -> child task ids
         # capped runs waiting for a slot (stale ones skipped); made by the first one, as most
         # sessions never queue and an empty deque costs more than the rest of a session
         self.queue: deque[_Run] | None = None
@@ -259,9 +266,29 @@ class _Session:
         self.capped_running = 0
         self.cap: int | None = None  # the last concurrency cap a create of this session named
         self.capped_queued = 0
-        self.pending: dict[Any, _Entry] = {}  # in finish order
+        self.pending: dict[Any, _Entry] = _NONE  # in finish order
         self.available = 0
         self.cleared_through = 0
+
+    def own_finished(self) -> dict[str, None]:
+        if self.finished is _NONE:
+            self.finished = {}
+        return self.finished
+
+    def own_names(self) -> dict[str, str]:
+        if self.names is _NONE:
+            self.names = {}
+        return self.names
+
+    def own_children(self) -> dict[str, set[str]]:
+        if self.children is _NONE:
+            self.children = {}
+        return self.children
+
+    def own_pending(self) -> dict[Any, _Entry]:
+        if self.pending is _NONE:
+            self.pending = {}
+        return self.pending
 
     def enqueue(self, run: _Run) -> None:
         if self.queue is None:
@@ -396,9 +423,9 @@ class MemoryBackend:
             session.records[task_id] = run
             session.live[task_id] = None
             if name is not None:
-                session.names[name] = task_id
+                session.own_names()[name] = task_id
             if request.parent is not None:
-                session.children.setdefault(request.parent, set()).add(task_id)
+                session.own_children().setdefault(request.parent, set()).add(task_id)
             if state is _QUEUED_STATE:
                 session.queued += 1
                 if run.capped:
@@ -505,7 +532,8 @@ class MemoryBackend:
                     effects.append(TaskFinished(notification, run.kind))
             for entry in state.pending.values():
                 _uncount(entry)
-            state.pending.clear()
+            if state.pending:
+                state.pending.clear()
             state.available = 0
             state.queue = None
             state.cleared_through = self._sequence
@@ -549,7 +577,7 @@ class MemoryBackend:
                 entry.notification = _notification(
                     old.id, old.state, self._sequence, old.notification_id, to_session, old.kind
                 )
-                target.pending[key] = entry
+                target.own_pending()[key] = entry
                 if entry.available:
                     source.available -= 1
                     target.available += 1
@@ -609,7 +637,7 @@ class MemoryBackend:
             notification = _notification(
                 run.task_id, TaskState(run.state.status, question), self._sequence, notification_id, run.session, "question"
             )
-            session.pending[(ref.generation, run.questions)] = self._entry_type(run, run.questions, notification, 0)
+            session.own_pending()[(ref.generation, run.questions)] = self._entry_type(run, run.questions, notification, 0)
             run.pending_entries += 1
             session.available += 1
             effects.append(session.changed)
@@ -636,7 +664,7 @@ class MemoryBackend:
                     continue
                 notification = entry.notification
                 if budget is not None:
-                    weight = len(notification.id) + len(notification.state.text) + overhead
+                    weight = len(notification.id) + notification.state.text_length + overhead
                     if taken and used + weight > budget:
                         break
                     used += weight
@@ -752,7 +780,7 @@ class MemoryBackend:
                     entry = self._entry_type(run, 0 if isinstance(key, int) else key[1], notification, 0)
                     if run is not None:
                         run.pending_entries += 1
-                    state.pending[key] = entry
+                    state.own_pending()[key] = entry
                     state.available += 1
                 restored += 1
             if restored:
@@ -965,7 +993,7 @@ class MemoryBackend:
         if entry is None:
             self._sequence += 1
             notification = _notification(run.task_id, run.state, self._sequence, notification_id, run.session, "result")
-            session.pending[generation] = self._entry_type(run, 0, notification, run.version)
+            session.own_pending()[generation] = self._entry_type(run, 0, notification, run.version)
             run.pending_entries += 1
             session.available += 1
         else:
@@ -1000,7 +1028,7 @@ class MemoryBackend:
         run.finished_at = now
         task_id = run.task_id
         del session.live[task_id]
-        session.finished[task_id] = None
+        session.own_finished()[task_id] = None
         if run.name is not None and session.names.get(run.name) == task_id:
             del session.names[run.name]
         self._release(session, run, was_queued, effects, admit=admit)
@@ -1145,7 +1173,8 @@ class MemoryBackend:
         task_id = run.task_id
         if session.records.get(task_id) is run:
             del session.records[task_id]
-        session.finished.pop(task_id, None)
+        if task_id in session.finished:
+            del session.finished[task_id]
         if run.parent is not None:
             siblings = session.children.get(run.parent)
             if siblings is not None:
@@ -1197,9 +1226,9 @@ class MemoryBackend:
         target.records[task_id] = run
         target.live[task_id] = None
         if run.name is not None:
-            target.names[run.name] = task_id
+            target.own_names()[run.name] = task_id
         if run.parent is not None:
-            target.children.setdefault(run.parent, set()).add(task_id)
+            target.own_children().setdefault(run.parent, set()).add(task_id)
 
     def _expire(self, now: float) -> None:
         if now < self._next_expiry:

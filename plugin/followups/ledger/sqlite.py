@@ -757,14 +757,14 @@ class SqliteBackend(MemoryBackend):
             by_generation[run.ref.generation] = run
             session.records[run.task_id] = run
             if run.parent is not None:
-                session.children.setdefault(run.parent, set()).add(run.task_id)
+                session.own_children().setdefault(run.parent, set()).add(run.task_id)
             (live if run.state.status in _LIVE else finished).append(run)
         live.sort(key=lambda run: run.live_order)  # type: ignore[attr-defined]
         for run in live:
             session = sessions[run.session]
             session.live[run.task_id] = None
             if run.name is not None:
-                session.names[run.name] = run.task_id
+                session.own_names()[run.name] = run.task_id
             if run.state.status is TaskStatus.QUEUED:
                 session.queued += 1
                 if run.capped:
@@ -776,7 +776,7 @@ class SqliteBackend(MemoryBackend):
                     session.capped_running += 1
         finished.sort(key=lambda run: run.finish_order)  # type: ignore[attr-defined]
         for run in finished:
-            sessions[run.session].finished[run.task_id] = None
+            sessions[run.session].own_finished()[run.task_id] = None
         leases = _TrackedDict((), tracker, tracker.leases_touched, None)
         lease_entries: dict[str, list[Any]] = {}
         for lease_id, expires_at, epoch, expired, encoded in conn.execute(
@@ -802,7 +802,7 @@ class SqliteBackend(MemoryBackend):
             if session is None:
                 session = sessions[name] = self._session_type(name)
             key = gen if slot == 0 else (gen, slot)
-            session.pending[key] = entry
+            session.own_pending()[key] = entry
             by_key[(name, key)] = entry
             if owner is not None:
                 owner.pending_entries += 1
