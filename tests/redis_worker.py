@@ -45,6 +45,16 @@ def hold_a_lease(url: str, relay: str, session: str) -> None:
     time.sleep(3600)
 
 
+def hold_a_long_lease(url: str, relay: str, session: str) -> None:
+    """Take a delivery leased for an hour and die before confirming it."""
+    store = BackgroundStore.open(url, settings(relay))
+    from followups.ledger import LeaseRequest
+
+    lease = store.backend.lease(session, LeaseRequest(store.epoch, time.time(), 3600.0))
+    say("ready", 0 if lease is None else len(lease.notifications))
+    time.sleep(3600)
+
+
 def run_forever_subagent(url: str, relay: str, session: str) -> None:
     """Run one subagent that waits forever, until it is cancelled; report how it ended."""
 
@@ -186,6 +196,7 @@ def finish_many(url: str, relay: str, session: str, first: str, count: str, log_
 ROLES = {
     "hold_a_task": hold_a_task,
     "hold_a_lease": hold_a_lease,
+    "hold_a_long_lease": hold_a_long_lease,
     "run_forever_subagent": run_forever_subagent,
     "finish_one": finish_one,
     "capped_worker": capped_worker,

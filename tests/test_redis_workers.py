@@ -202,6 +202,24 @@ async def test_a_lease_held_by_a_killed_consumer_reopens_and_is_delivered_once(
         assert session.drain_notifications() == []
 
 
+async def test_a_lease_held_by_a_dead_worker_reopens_with_its_runs_not_at_its_expiry(
+    url: str, tmp_path: Path, workers: list[Worker]
+) -> None:
+    with open_store(url, tmp_path, worker_ttl_seconds=1.0) as store:
+        session = store.session("s1")
+        session.insert("t1")
+        session.notify("t1", TaskState.completed("the result"))
+        holder = spawn(workers, "hold_a_long_lease", url, str(tmp_path / "relay"), "s1")
+        assert holder.line() == "ready 1"
+        holder.kill()
+        assert session.drain_notifications() == [], "the dead consumer's lease still holds it"
+        session.insert("keeps-the-session-live")
+        with trio.fail_after(15):  # its heartbeat expires after 1 s; the lease had an hour left
+            assert await session.wait_for_notification()
+        assert [(n.id, n.state.text) for n in session.drain_notifications()] == [("t1", "the result")]
+        assert session.drain_notifications() == []
+
+
 # -- across processes ----------------------------------------------------------------------------------
 
 

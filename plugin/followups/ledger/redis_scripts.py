@@ -1008,6 +1008,9 @@ local before = count_available(s)
 local dirty = false
 if REQ.expire then dirty = expire(s, now) end  -- a heartbeat's pass only orphans
 local dead = REQ.dead or {}
+for _, lease in pairs(s.leases) do  -- a dead worker's deliveries reopen with its runs
+  if not lease.ex and dead[lease.ep] ~= nil then lease.ex = true; dirty = true end
+end
 local orphans = {}
 for i = 1, #s.live do
   local run = s.runs[s.records[s.live[i]]]
