@@ -83,7 +83,7 @@ def test_a_reminder_the_dead_process_never_saved_is_delivered_by_the_next_one(du
     with BackgroundStore.open(url, settings) as store:
         messages = [{"role": "user", "content": "What finished?"}]  # the saved history was lost
         conversation = store.session("conv-1")
-        # the dead process's lease reopens on open (SQLite) or when it expires (Redis)
+        # the dead process's lease reopens on open (SQLite), or with its worker's heartbeat or its expiry (Redis)
         async def lease_reopened() -> None:
             with anyio.fail_after(30):
                 while conversation.pending_count() == 0:
