@@ -54,6 +54,7 @@ from ..delivery import ReminderDelivery, label_delivery, settle_from_texts, take
 from ..reminders import ReminderRenderer
 from ..session import Session
 from ..tools import Tool, ToolOutcome
+from ._idle import check_idle_options, wait_for_result
 
 
 __all__ = [
@@ -434,7 +435,7 @@ async def run_agent_loop(
         if response.stop_reason == "tool_use":
             messages.append({"role": "user", "content": await run_tool_uses(tools, response)})
             continue
-        if not resume_when_idle or resumes >= max_idle_resumes or not await _wait_idle(conversation, idle_timeout):
+        if not resume_when_idle or resumes >= max_idle_resumes or not await wait_for_result(conversation, idle_timeout):
             return response
         resumes += 1
     raise RuntimeError(f"run_agent_loop stopped after max_turns={max_turns} model calls")
@@ -469,7 +470,7 @@ def run_agent_loop_sync(
         if response.stop_reason == "tool_use":
             messages.append({"role": "user", "content": run_tool_uses_sync(tools, response, pool=pool)})
             continue
-        if not resume_when_idle or resumes >= max_idle_resumes or not pool.call(_wait_idle, conversation, idle_timeout):
+        if not resume_when_idle or resumes >= max_idle_resumes or not pool.call(wait_for_result, conversation, idle_timeout):
             return response
         resumes += 1
     raise RuntimeError(f"run_agent_loop_sync stopped after max_turns={max_turns} model calls")
@@ -482,18 +483,5 @@ def _conversation(
         raise TypeError(f"store must be a followups.BackgroundStore or Session, got {type(store).__name__}")
     if isinstance(max_turns, bool) or not isinstance(max_turns, int) or max_turns < 1:
         raise ValueError(f"max_turns must be a positive int, got {max_turns!r}")
-    if idle_timeout is not None and (isinstance(idle_timeout, bool) or not idle_timeout > 0):
-        raise ValueError(f"idle_timeout must be a positive number of seconds or None, got {idle_timeout!r}")
-    if isinstance(max_idle_resumes, bool) or not isinstance(max_idle_resumes, int) or max_idle_resumes < 0:
-        raise ValueError(f"max_idle_resumes must be a non-negative int, got {max_idle_resumes!r}")
+    check_idle_options(idle_timeout, max_idle_resumes)
     return store if session is None else store.session(session)
-
-
-async def _wait_idle(session: Session, timeout: float | None) -> bool:
-    """True once a result is pending, waiting while subagents are live; False when none is
-    pending and none is live, or ``timeout`` passed."""
-    with anyio.move_on_after(timeout):
-        while not session.pending_count():
-            if not session.live_count() or not await session.wait_for_notification():
-                break
-    return session.pending_count() > 0

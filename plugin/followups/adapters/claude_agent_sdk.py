@@ -41,7 +41,6 @@ from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, 
 from dataclasses import replace
 from typing import Any, cast
 
-import anyio
 from claude_agent_sdk import (
     ClaudeAgentOptions,
     ClaudeSDKClient,
@@ -66,6 +65,7 @@ from followups.pool import SubagentPool
 from followups.reminders import ReminderRenderer
 from followups.session import Session
 from followups.tools import TaskRequest, Tool, task_tools
+from followups.adapters._idle import check_idle_options, wait_for_result
 
 __all__ = ["REMINDER_EVENTS", "ClaudeFollowups", "FollowupTransport"]
 
@@ -112,10 +112,7 @@ class ClaudeFollowups:
         idle_timeout: float | None = None,
         max_idle_resumes: int = 16,
     ) -> None:
-        if idle_timeout is not None and (isinstance(idle_timeout, bool) or not idle_timeout > 0):
-            raise ValueError(f"idle_timeout must be a positive number of seconds or None, got {idle_timeout!r}")
-        if isinstance(max_idle_resumes, bool) or not isinstance(max_idle_resumes, int) or max_idle_resumes < 0:
-            raise ValueError(f"max_idle_resumes must be a non-negative int, got {max_idle_resumes!r}")
+        check_idle_options(idle_timeout, max_idle_resumes)
         if not callable(run_subagent):
             raise TypeError(f"run_subagent must be an async callable, got {type(run_subagent).__name__}")
         if not _SERVER_NAME.fullmatch(server_name):
@@ -183,12 +180,8 @@ class ClaudeFollowups:
                 delivery.confirm()
 
     async def _next_reminder(self) -> ReminderDelivery | None:
-        session = self.session
-        with anyio.move_on_after(self.idle_timeout):
-            while not session.pending_count():
-                if not session.live_count() or not await session.wait_for_notification():
-                    break
-        return take_followup(session, self.renderer)
+        await wait_for_result(self.session, self.idle_timeout)
+        return take_followup(self.session, self.renderer)
 
     @property
     def tool_names(self) -> list[str]:

@@ -46,6 +46,7 @@ from ..pool import SubagentPool
 from ..reminders import ReminderRenderer
 from ..session import Session
 from ..tools import TaskRequest, Tool, ToolOutcome, task_tools
+from ._idle import check_idle_options
 
 __all__ = [
     "REMINDER_ID_PREFIX",
@@ -125,10 +126,7 @@ class FollowupMiddleware(AgentMiddleware[AgentState[Any], Any, Any]):
         super().__init__()
         if not isinstance(store, Session):
             raise TypeError(f"store must be a followups.BackgroundStore or Session, got {type(store).__name__}")
-        if idle_timeout is not None and (isinstance(idle_timeout, bool) or not idle_timeout > 0):
-            raise ValueError(f"idle_timeout must be a positive number of seconds or None, got {idle_timeout!r}")
-        if isinstance(max_idle_resumes, bool) or not isinstance(max_idle_resumes, int) or max_idle_resumes < 0:
-            raise ValueError(f"max_idle_resumes must be a non-negative int, got {max_idle_resumes!r}")
+        check_idle_options(idle_timeout, max_idle_resumes)
         self.store = store
         self.renderer = renderer
         self.sessions_by_thread = sessions_by_thread

@@ -46,7 +46,6 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Iter
 from dataclasses import dataclass
 from typing import Any
 
-import anyio
 from agents import Agent, FunctionTool, Handoff, RunConfig, Runner, RunResult, RunResultStreaming, TResponseInputItem
 from agents.memory import Session as AgentsSession
 from agents.run_config import CallModelData, ModelInputData
@@ -60,6 +59,7 @@ from ..pool import SubagentPool
 from ..reminders import ReminderRenderer
 from ..session import Session
 from ..tools import TaskRequest, Tool, task_tools
+from ._idle import check_idle_options, wait_for_result
 
 __all__ = [
     "FollowupRunResult",
@@ -303,10 +303,7 @@ class FollowupRunner:
     ) -> None:
         if not isinstance(store, Session):
             raise TypeError(f"store must be a followups.BackgroundStore or Session, got {type(store).__name__}")
-        if idle_timeout is not None and (isinstance(idle_timeout, bool) or not idle_timeout > 0):
-            raise ValueError(f"idle_timeout must be a positive number of seconds or None, got {idle_timeout!r}")
-        if isinstance(max_idle_resumes, bool) or not isinstance(max_idle_resumes, int) or max_idle_resumes < 0:
-            raise ValueError(f"max_idle_resumes must be a non-negative int, got {max_idle_resumes!r}")
+        check_idle_options(idle_timeout, max_idle_resumes)
         self.store = store
         self.renderer = renderer
         self.resume_when_idle = resume_when_idle
@@ -475,11 +472,7 @@ class FollowupRunner:
     ) -> tuple[str | list[TResponseInputItem], ReminderDelivery | None] | None:
         """After a run ended: wait while subagents are live; the next run's input once a result
         is pending (with an SDK session, the reminder itself, leased here), or None."""
-        with anyio.move_on_after(self.idle_timeout):
-            while not session.pending_count():
-                if not session.live_count() or not await session.wait_for_notification():
-                    break
-        if not session.pending_count():
+        if not await wait_for_result(session, self.idle_timeout):
             return None
         if sdk_session is None:
             return run.to_input_list(), None  # the first model call of the next run takes the reminder

@@ -63,6 +63,7 @@ from ..pool import SubagentPool
 from ..reminders import ReminderRenderer
 from ..session import Session
 from ..tools import TaskRequest, Tool, ToolOutcome, task_tools
+from ._idle import check_idle_options
 
 # The node ``run_stream`` ends a streamed run with once its final response has streamed; no
 # request follows it, so a reminder taken there could never reach the model. Not exported by
@@ -156,18 +157,11 @@ class FollowupReminders(AbstractCapability[Any]):
             raise TypeError(f"store must be a followups.BackgroundStore or Session, got {type(self.store).__name__}")
         if self.session is not None:
             self.store.session(self.session)  # validates the id now, not at the first request
-        if isinstance(self.max_idle_resumes, bool) or not isinstance(self.max_idle_resumes, int) or self.max_idle_resumes < 0:
-            raise ValueError(f"max_idle_resumes must be a non-negative int, got {self.max_idle_resumes!r}")
+        check_idle_options(self.idle_timeout, self.max_idle_resumes)
         if self.renderer is not None and not isinstance(self.renderer, ReminderRenderer):
             raise TypeError(
                 f"renderer must be a followups.ReminderRenderer or None, got {type(self.renderer).__name__}"
             )
-        if self.idle_timeout is not None and (
-            isinstance(self.idle_timeout, bool)
-            or not isinstance(self.idle_timeout, int | float)
-            or not self.idle_timeout > 0
-        ):
-            raise ValueError(f"idle_timeout must be a positive number of seconds or None, got {self.idle_timeout!r}")
 
     @classmethod
     def get_serialization_name(cls) -> str | None:
